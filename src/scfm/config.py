@@ -1,0 +1,188 @@
+"""Load and validate the experiment config against its JSON Schema, filling defaults.
+
+Validation happens once, at workflow start-up, before any job runs. Every problem is reported
+with its key path (``datasets.pbmc.sourc``) and what was expected, with a spelling suggestion
+for unknown keys.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from scfm.errors import ScfmConfigError
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def load_schema(path: str | Path | None = None) -> dict[str, Any]:
+    """Read the config schema; derive the per-dataset QC override schema (no defaults)."""
+    path = Path(path) if path else SCHEMA_PATH
+    if not path.exists():
+        raise FileNotFoundError(f"config schema not found: {path}")
+    schema = yaml.safe_load(path.read_text())
+    # A dataset's `qc` block overrides qc.<modality> key by key, so it must not get defaults
+    # of its own (they would silently shadow the lab-wide values).
+    schema["$defs"]["qc_rna_override"] = _strip_defaults(schema["$defs"]["qc_rna"])
+    return schema
+
+
+def _strip_defaults(schema: Any) -> Any:
+    if isinstance(schema, dict):
+        return {k: _strip_defaults(v) for k, v in schema.items() if k != "default"}
+    if isinstance(schema, list):
+        return [_strip_defaults(v) for v in schema]
+    return schema
+
+
+def _with_defaults(validator_class: type) -> type:
+    """Extend a jsonschema validator so that `properties` fills in each property's default."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def properties(validator, props, instance, schema):  # noqa: ANN001, ANN202
+        if isinstance(instance, dict):
+            for name, sub in props.items():
+                if isinstance(sub, dict) and "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, props, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": properties})
+
+
+_DefaultFillingValidator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def _key_path(path: Any) -> str:
+    parts = [str(p) if not isinstance(p, int) else f"[{p}]" for p in path]
+    return ".".join(parts).replace(".[", "[") or "<top level>"
+
+
+def _allowed_keys(schema: Mapping[str, Any], instance: Mapping[str, Any]) -> list[str]:
+    """Keys a mapping may hold under `schema`, including the branch chosen by its `source`."""
+    keys = set(schema.get("properties", {}))
+    for branch in schema.get("allOf", []):
+        cond = branch.get("if", {}).get("properties", {})
+        if all(instance.get(k) == v.get("const") for k, v in cond.items()):
+            keys |= set(branch.get("then", {}).get("properties", {}))
+    return sorted(keys)
+
+
+def _describe(error: jsonschema.ValidationError) -> Iterator[str]:
+    where = _key_path(error.absolute_path)
+    if error.validator in ("additionalProperties", "unevaluatedProperties") and isinstance(
+        error.instance, dict
+    ):
+        allowed = _allowed_keys(error.schema, error.instance)
+        unexpected = re.findall(r"'([^']+)'", error.message.split("(")[-1]) or ["?"]
+        for key in unexpected:
+            if key in allowed:
+                continue
+            hint = difflib.get_close_matches(key, allowed, n=1)
+            extra = f" (did you mean '{hint[0]}'?)" if hint else ""
+            full = f"{where}.{key}" if error.absolute_path else key
+            yield f"{full}: unknown key{extra}; expected one of: {', '.join(allowed)}"
+        return
+    if "propertyNames" in error.absolute_schema_path:
+        if "pattern" in error.schema:
+            yield (
+                f"{where}: invalid name {error.instance!r}; expected letters, digits, '_', '.' "
+                "or '-' only (the name becomes a file path and a wildcard)"
+            )
+        else:
+            yield f"{where}: invalid key {error.instance!r}; expected one of: " + ", ".join(
+                map(str, error.schema.get("enum", []))
+            )
+        return
+    if error.validator == "enum":
+        yield f"{where}: {error.instance!r} is not allowed; expected one of: " + ", ".join(
+            map(str, error.validator_value)
+        )
+        return
+    if error.validator == "required":
+        yield f"{where}: {error.message}"
+        return
+    if error.validator in ("anyOf", "oneOf") and error.context:
+        options = sorted({str(sorted(c.validator_value)) for c in error.context
+                          if c.validator == "required"})
+        if options:
+            yield f"{where}: needs exactly the keys of one of: {' or '.join(options)}" if \
+                error.validator == "oneOf" else f"{where}: needs one of: {' or '.join(options)}"
+            return
+    yield f"{where}: {error.message}"
+
+
+def validate_config(
+    config: Mapping[str, Any], *, schema: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Validate ``config`` and return a deep copy with every default filled in.
+
+    Raises
+    ------
+    ScfmConfigError
+        Listing every problem as ``<key path>: <what is wrong>; expected <what>``.
+    """
+    schema = dict(schema) if schema is not None else load_schema()
+    instance = copy.deepcopy(dict(config))
+    validator = _DefaultFillingValidator(schema)
+    errors = sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.path)))
+    problems: list[str] = []
+    for err in errors:
+        # `if/then` failures repeat the inner error; report the innermost ones only.
+        leaves = _leaf_errors(err)
+        for leaf in leaves:
+            for line in _describe(leaf):
+                if line not in problems:
+                    problems.append(line)
+    problems += [p for p in _cross_references(instance) if p not in problems]
+    if problems:
+        raise ScfmConfigError(problems)
+    return instance
+
+
+def _leaf_errors(error: jsonschema.ValidationError) -> list[jsonschema.ValidationError]:
+    if error.validator in ("allOf", "then", "if", "$ref") and error.context:
+        out: list[jsonschema.ValidationError] = []
+        for sub in error.context:
+            out += _leaf_errors(sub)
+        return out
+    return [error]
+
+
+def _cross_references(config: Mapping[str, Any]) -> list[str]:
+    """Checks JSON Schema cannot express: names that must refer to other config entries."""
+    problems = []
+    datasets = config.get("datasets") or {}
+    references = config.get("references") or {}
+    for name, ds in datasets.items():
+        if not isinstance(ds, dict):
+            continue
+        gene_cfg = ds.get("genes") or {}
+        needs_table = gene_cfg.get("id_type") in ("symbol",) and not gene_cfg.get("symbol_column")
+        if needs_table and ds.get("organism") not in references:
+            problems.append(
+                f"datasets.{name}.genes.id_type: 'symbol' needs a gene table; expected "
+                f"references.{ds.get('organism')}.genes to be set"
+            )
+    return problems
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file and validate it (see :func:`validate_config`)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ScfmConfigError([f"not valid YAML: {exc}"], source=str(path)) from exc
+    if not isinstance(raw, dict):
+        raise ScfmConfigError(["expected a mapping at the top level"], source=str(path))
+    try:
+        return validate_config(raw)
+    except ScfmConfigError as exc:
+        raise ScfmConfigError(exc.problems, source=str(path)) from None

@@ -1,0 +1,1 @@
+"""Getting data in: downloads, dataset sources, streaming h5ad I/O and standardization."""
