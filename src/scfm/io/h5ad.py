@@ -110,6 +110,11 @@ class MatrixReader:
             ) from exc
         return sp.csr_matrix(block)
 
+    def read_index(self, rows: np.ndarray) -> sp.csr_matrix:
+        """The given rows (sorted ascending) as CSR."""
+        node = self._sparse if self._sparse is not None else self._node
+        return sp.csr_matrix(node[np.asarray(rows)])
+
     def iter_chunks(self, chunk_cells: int) -> Iterator[tuple[int, sp.csr_matrix]]:
         """Yield ``(start_row, csr_block)`` over all rows."""
         for start in range(0, self.n_obs, chunk_cells):

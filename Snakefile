@@ -1,0 +1,17 @@
+# scfm: public single-cell data -> pretraining corpora -> foundation models -> benchmarks.
+# This file is the table of contents; the work happens in src/scfm (see docs/architecture.md).
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/download.smk"
+include: "workflow/rules/standardize.smk"
+include: "workflow/rules/qc.smk"
+
+
+rule all:
+    input:
+        get_final_outputs(),
+    default_target: True

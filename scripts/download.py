@@ -1,0 +1,14 @@
+"""Snakemake adapter: rule download -> scfm.io.sources.fetch_dataset."""
+
+from pathlib import Path
+
+from scfm.io.sources import fetch_dataset
+from scfm.logs import setup_logging
+
+setup_logging(snakemake.log[0])
+fetch_dataset(
+    snakemake.wildcards.dataset,
+    snakemake.params.cfg,
+    Path(snakemake.output.manifest).parent,
+    chunk_cells=snakemake.params.chunk_cells,
+)

@@ -1,0 +1,16 @@
+"""Snakemake adapter: rule qc -> scfm.qc.qc_rna."""
+
+from scfm.logs import setup_logging
+from scfm.qc import qc_rna
+
+setup_logging(snakemake.log[0])
+qc_rna(
+    snakemake.input.h5ad,
+    snakemake.output.h5ad,
+    snakemake.output.metrics,
+    snakemake.output.figure,
+    params=snakemake.params.qc,
+    organism=snakemake.params.organism,
+    chunk_cells=snakemake.params.chunk_cells,
+    compression=snakemake.params.compression,
+)

@@ -1,0 +1,17 @@
+"""Snakemake adapter: rule reference_genes -> scfm.io.genes (download or locate, then parse)."""
+
+from pathlib import Path
+
+from scfm.io.download import download
+from scfm.io.genes import read_gene_source, resolve_gene_source, write_gene_table
+from scfm.logs import setup_logging
+
+setup_logging(snakemake.log[0])
+spec = snakemake.params.spec
+out = Path(snakemake.output.table)
+if spec.get("url"):
+    src = out.parent / Path(spec["url"]).name
+    download(spec["url"], src, sha256=spec["sha256"])
+else:
+    src = resolve_gene_source(spec)
+write_gene_table(read_gene_source(src, spec.get("format", "auto")), out)

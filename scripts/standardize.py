@@ -1,0 +1,15 @@
+"""Snakemake adapter: rule standardize -> scfm.io.standardize.standardize."""
+
+from scfm.io.standardize import standardize
+from scfm.logs import setup_logging
+
+setup_logging(snakemake.log[0])
+standardize(
+    snakemake.input.manifest,
+    snakemake.output.h5ad,
+    dataset=snakemake.wildcards.dataset,
+    cfg=snakemake.params.cfg,
+    gene_table=snakemake.input.gene_table or None,
+    chunk_cells=snakemake.params.chunk_cells,
+    compression=snakemake.params.compression,
+)

@@ -1,0 +1,234 @@
+"""One h5ad contract for every source (docs/contracts.md).
+
+``X`` = integer raw counts (int32 CSR); ``var_names`` = stable gene IDs (Ensembl where
+available) with ``var.gene_symbol``; ``obs`` = harmonised ``cell_type``, ``batch``, ``donor``,
+``tissue``, ``assay``, ``dataset`` (+ ``obs_keep`` columns); ``uns['scfm']['standardize']`` =
+provenance (JSON). The matrix is streamed in chunks of cells: memory is bounded by the chunk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from tqdm.auto import tqdm
+
+from scfm import __version__
+from scfm.atomic import atomic_path
+from scfm.errors import ScfmInputError
+from scfm.io.formats import open_counts
+from scfm.io.genes import map_genes, read_gene_table
+from scfm.io.h5ad import CsrH5adWriter
+from scfm.io.sources import read_manifest
+
+log = logging.getLogger(__name__)
+
+OBS_KEYS = ("cell_type", "batch", "donor", "tissue", "assay", "dataset")
+UNKNOWN = "unknown"
+
+
+def settings_with_defaults(cfg: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """Source conventions (e.g. CELLxGENE's ``donor_id``) under the user's explicit settings."""
+    obs_map = {**defaults.get("obs_map", {}), **cfg.get("obs_map", {})}
+    obs_keep = list(dict.fromkeys(cfg.get("obs_keep") or defaults.get("obs_keep", [])))
+    genes = dict(cfg.get("genes", {}))
+    for key, value in defaults.get("genes", {}).items():
+        if genes.get(key) in (None, "auto"):
+            genes[key] = value
+    return {"obs_map": obs_map, "obs_keep": obs_keep, "genes": genes}
+
+
+def check_counts(
+    block: sp.csr_matrix, *, path: Path, field: str, row0: int, obs_names: pd.Index, var_names: pd.Index
+) -> None:
+    """Raise naming the cell and gene if ``block`` holds anything but finite integer counts >= 0."""
+    d = block.data
+    if d.size == 0:
+        return
+    problems = []
+    if not np.issubdtype(d.dtype, np.integer):
+        problems.append((~np.isfinite(d), "non-finite value"))
+    problems.append((d < 0, "negative count"))
+    if not np.issubdtype(d.dtype, np.integer):
+        problems.append((np.isfinite(d) & (d != np.round(d)), "non-integer value"))
+    for mask, what in problems:
+        if mask.any():
+            k = int(np.argmax(mask))
+            row = int(np.searchsorted(block.indptr, k, side="right") - 1)
+            col = int(block.indices[k])
+            raise ScfmInputError(
+                path, field,
+                f"{what} {d[k]!r} at cell {obs_names[row0 + row]!r} (row {row0 + row}), gene {var_names[col]!r}",
+                "raw integer counts >= 0 (normalised or corrupted data cannot be used as counts)",
+            )
+
+
+def _harmonise_obs(
+    src_obs: pd.DataFrame, *, dataset: str, obs_map: dict[str, str], obs_values: dict[str, str],
+    obs_keep: list[str],
+) -> pd.DataFrame:
+    obs = pd.DataFrame(index=src_obs.index)
+    for key in OBS_KEYS:
+        if key in obs_values:
+            col = pd.Series(obs_values[key], index=obs.index)
+        elif key in obs_map:
+            col = src_obs[obs_map[key]].astype(str).replace({"nan": UNKNOWN, "": UNKNOWN})
+        elif key in ("dataset", "batch"):
+            col = pd.Series(dataset, index=obs.index)
+        else:
+            col = pd.Series(UNKNOWN, index=obs.index)
+        obs[key] = pd.Categorical(col.astype(str))
+    for col in obs_keep:
+        if col in OBS_KEYS:
+            continue
+        values = src_obs[col]
+        obs[col] = pd.Categorical(values.astype(str)) if values.dtype == object else values
+    return obs
+
+
+def _source_obs(reader: Any, columns: list[str], obs_table: pd.DataFrame | None, *, path: Path) -> tuple[pd.DataFrame, np.ndarray]:
+    """Requested obs columns for one matrix and the mask of cells that have metadata."""
+    in_file = [c for c in columns if obs_table is None or c not in obs_table.columns]
+    missing = [c for c in in_file if c not in reader.obs_columns]
+    if missing:
+        where = " or the obs table" if obs_table is not None else ""
+        raise ScfmInputError(path, f"obs/{missing[0]}", "column named in obs_map/obs_keep not found",
+                             f"one of the obs columns{where}: {sorted(reader.obs_columns)}")
+    obs = reader.read_obs(in_file) if in_file else pd.DataFrame(index=reader.obs_names)
+    obs.index = reader.obs_names
+    mask = np.ones(len(obs), bool)
+    if obs_table is not None:
+        mask = obs.index.isin(obs_table.index)
+        joined = obs_table.reindex(obs.index[mask])
+        obs = pd.concat([obs[mask], joined[[c for c in columns if c in obs_table.columns]]], axis=1)
+    return obs, mask
+
+
+def standardize(
+    manifest: str | Path,
+    out: str | Path,
+    *,
+    dataset: str,
+    cfg: dict[str, Any],
+    gene_table: str | Path | None = None,
+    chunk_cells: int = 20000,
+    compression: str = "gzip",
+) -> dict[str, Any]:
+    """Write the standard h5ad for one dataset from its raw manifest.
+
+    Parameters
+    ----------
+    manifest
+        ``resources/raw/<dataset>/manifest.json`` from :func:`scfm.io.sources.fetch_dataset`.
+    out
+        Output h5ad; written atomically.
+    dataset
+        Dataset name (becomes ``obs.dataset`` and the default ``obs.batch``).
+    cfg
+        The validated ``datasets.<name>`` config block.
+    gene_table
+        Gene table TSV for the dataset's organism (needed to map symbols).
+    chunk_cells, compression
+        Streaming chunk and HDF5 compression of the output.
+
+    Returns
+    -------
+    dict
+        The provenance record stored in ``uns['scfm']['standardize']``.
+    """
+    man = read_manifest(manifest)
+    settings = settings_with_defaults(cfg, man.get("defaults") or {})
+    table = read_gene_table(gene_table) if gene_table else None
+    obs_table = None
+    if man.get("obs_table"):
+        obs_table = pd.read_parquet(man["obs_table"]["path"])
+        obs_table = obs_table.set_index(obs_table[man["obs_table"]["key"]].astype(str))
+    columns = list(dict.fromkeys([*settings["obs_map"].values(), *settings["obs_keep"]]))
+
+    readers = [open_counts(m["path"], man["format"], counts=cfg.get("counts", "auto"))
+               for m in man["matrices"]]
+    try:
+        first = readers[0]
+        for r in readers[1:]:
+            if not r.var.index.equals(first.var.index):
+                raise ScfmInputError(r.path, "var", "genes differ from the first matrix "
+                                     f"{first.path}", "the same genes in every matrix of a dataset")
+        keep, var, gene_report = map_genes(first.var, path=first.path, field="raw/var" if first.field == "raw" else "var",
+                                           gene_table=table, **settings["genes"])
+        obs_parts, masks = [], []
+        for r in readers:
+            o, mask = _source_obs(r, columns, obs_table, path=r.path)
+            obs_parts.append(o)
+            masks.append(mask)
+        src_obs = pd.concat(obs_parts) if len(obs_parts) > 1 else obs_parts[0]
+        n_no_meta = int(sum((~m).sum() for m in masks))
+        if n_no_meta:
+            log.warning("%s: %d cell(s) have no row in the obs table and are dropped", dataset, n_no_meta)
+        obs = _harmonise_obs(src_obs, dataset=dataset, obs_map=settings["obs_map"],
+                             obs_values=cfg.get("obs_values", {}), obs_keep=settings["obs_keep"])
+        if obs.index.has_duplicates:
+            obs.index = pd.Index(_unique(obs.index))
+        if len(obs) == 0 or len(var) == 0:
+            raise ScfmInputError(first.path, "X", f"empty matrix ({len(obs)} cells x {len(var)} genes)",
+                                 "at least one cell and one gene")
+        prov = {
+            "stage": "standardize",
+            "dataset": dataset,
+            "source": man["source"],
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "inputs": man["matrices"],
+            "counts_field": [r.field for r in readers],
+            "genes": gene_report,
+            "obs_map": settings["obs_map"],
+            "cells_without_metadata": n_no_meta,
+            "config": cfg,
+            "source_info": man.get("source_info", {}),
+            "versions": {"scfm": __version__, **{p: version(p) for p in ("anndata", "numpy", "scipy", "h5py")}},
+        }
+        uns = {"scfm": {"standardize": json.dumps(prov, default=str)}}
+        _stream(readers, masks, keep, var, obs, uns, out, chunk_cells=chunk_cells, compression=compression)
+    finally:
+        for r in readers:
+            r.close()
+    log.info("%s: standardized %d cells x %d genes -> %s", dataset, len(obs), len(var), out)
+    return prov
+
+
+def _unique(index: pd.Index) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for name in index:
+        k = seen.get(name, 0)
+        out.append(name if k == 0 else f"{name}-{k}")
+        seen[name] = k + 1
+    return out
+
+
+def _stream(readers: list[Any], masks: list[np.ndarray], keep: np.ndarray, var: pd.DataFrame,
+            obs: pd.DataFrame, uns: dict[str, Any], out: str | Path, *, chunk_cells: int,
+            compression: str) -> None:
+    all_cols = all(len(keep) == r.var.shape[0] for r in readers[:1])
+    bar = tqdm(total=len(obs), unit="cells", desc="standardize", disable=not sys.stderr.isatty())
+    with atomic_path(out, suffix=".tmp.h5ad") as tmp, \
+            CsrH5adWriter(tmp, obs=obs, var=var, uns=uns, compression=compression) as writer:
+        for reader, mask in zip(readers, masks, strict=True):
+            src_vars = reader.var.index
+            for row0, block in reader.iter_chunks(chunk_cells):
+                check_counts(block, path=reader.path, field=reader.field, row0=row0,
+                             obs_names=reader.obs_names, var_names=src_vars)
+                sel = mask[row0:row0 + block.shape[0]]
+                if not sel.all():
+                    block = block[sel]
+                if not all_cols:
+                    block = block[:, keep]
+                writer.append(block.astype(np.int32))
+                bar.update(int(sel.sum()))
+    bar.close()

@@ -1,0 +1,77 @@
+# Config validation, wildcard constraints and input functions shared by every rule.
+import os
+from pathlib import Path
+
+from scfm.config import load_schema, validate_config
+
+# Validate once at start-up, before any job: unknown keys, wrong types and unknown sources stop
+# the run with the key path and what was expected. Defaults are filled from the schema.
+config = validate_config(config, schema=load_schema(workflow.source_path("../schemas/config.schema.yaml")))
+
+# Jobs import scfm from this checkout, also inside per-rule conda envs (--software-deployment-method
+# conda) that do not have it installed; sbatch passes the environment on to cluster jobs.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(Path(workflow.basedir) / "src"), os.environ.get("PYTHONPATH")) if p
+)
+
+DATASETS = config["datasets"]
+RNA_DATASETS = [n for n, d in DATASETS.items() if d["modality"] == "rna"]
+NAME = "[A-Za-z0-9_.-]+"
+
+
+wildcard_constraints:
+    dataset=NAME,
+    organism=NAME,
+
+
+def dataset_cfg(wildcards):
+    """The validated config block of the dataset named by the wildcard."""
+    return DATASETS[wildcards.dataset]
+
+
+def dataset_organism(wildcards):
+    """The organism of the dataset named by the wildcard."""
+    return dataset_cfg(wildcards)["organism"]
+
+
+def reference_spec(wildcards):
+    """The gene-table spec of the organism named by the wildcard."""
+    return config["references"][wildcards.organism]["genes"]
+
+
+def get_download_input(wildcards):
+    """A local source's file is an input, so that replacing it reruns the dataset."""
+    cfg = dataset_cfg(wildcards)
+    return [cfg["path"]] if cfg["source"] == "local" else []
+
+
+def get_gene_table(wildcards):
+    """The gene table of the dataset's organism, if the config defines one."""
+    organism = dataset_cfg(wildcards)["organism"]
+    if organism in config["references"]:
+        return f"resources/reference/{organism}/genes.tsv"
+    return []
+
+
+def get_reference_input(wildcards):
+    """A local reference file is an input of the reference rule."""
+    spec = reference_spec(wildcards)
+    return [spec["path"]] if spec.get("path") else []
+
+
+def qc_params(wildcards):
+    """qc.<modality> with the dataset's own overrides on top."""
+    cfg = dataset_cfg(wildcards)
+    return {**config["qc"][cfg["modality"]], **cfg.get("qc", {})}
+
+
+def get_final_outputs():
+    """What `snakemake` builds by default: QC outputs of every RNA dataset."""
+    return expand(
+        [
+            "results/qc/{dataset}.h5ad",
+            "results/qc/{dataset}.metrics.tsv",
+            "results/qc/{dataset}.qc.png",
+        ],
+        dataset=RNA_DATASETS,
+    )

@@ -1,0 +1,27 @@
+# QC: per-cell metrics, filters, figures (report outputs).
+
+
+rule qc:
+    input:
+        h5ad="results/standard/{dataset}.h5ad",
+    output:
+        h5ad="results/qc/{dataset}.h5ad",
+        metrics="results/qc/{dataset}.metrics.tsv",
+        figure=report(
+            "results/qc/{dataset}.qc.png",
+            caption="../report/qc.rst",
+            category="QC",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "figure": "QC metrics"},
+        ),
+    params:
+        qc=qc_params,
+        organism=dataset_organism,
+        chunk_cells=config["io"]["chunk_cells"],
+        compression=config["io"]["compression"],
+    log:
+        "logs/qc/{dataset}.log",
+    conda:
+        "../../envs/rna.yaml"
+    script:
+        "../../scripts/qc.py"

@@ -1,0 +1,19 @@
+# Standardize: every source into one h5ad contract (docs/contracts.md).
+
+
+rule standardize:
+    input:
+        manifest="resources/raw/{dataset}/manifest.json",
+        gene_table=get_gene_table,
+    output:
+        h5ad="results/standard/{dataset}.h5ad",
+    params:
+        cfg=dataset_cfg,
+        chunk_cells=config["io"]["chunk_cells"],
+        compression=config["io"]["compression"],
+    log:
+        "logs/standardize/{dataset}.log",
+    conda:
+        "../../envs/rna.yaml"
+    script:
+        "../../scripts/standardize.py"
