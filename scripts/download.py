@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import _scfm_path  # noqa: F401 - makes this checkout's src/ importable in any env
+
 from scfm.io.sources import fetch_dataset
 from scfm.logs import setup_logging
 

@@ -1,5 +1,7 @@
 """Snakemake adapter: rule qc -> scfm.qc.qc_rna."""
 
+import _scfm_path  # noqa: F401 - makes this checkout's src/ importable in any env
+
 from scfm.logs import setup_logging
 from scfm.qc import qc_rna
 

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import _scfm_path  # noqa: F401 - makes this checkout's src/ importable in any env
+
 from scfm.io.download import download
 from scfm.io.genes import read_gene_source, resolve_gene_source, write_gene_table
 from scfm.logs import setup_logging

@@ -1,5 +1,7 @@
 """Snakemake adapter: rule standardize -> scfm.io.standardize.standardize."""
 
+import _scfm_path  # noqa: F401 - makes this checkout's src/ importable in any env
+
 from scfm.io.standardize import standardize
 from scfm.logs import setup_logging
 

@@ -46,7 +46,7 @@ def _with_defaults(validator_class: type) -> type:
     """Extend a jsonschema validator so that `properties` fills in each property's default."""
     validate_properties = validator_class.VALIDATORS["properties"]
 
-    def properties(validator, props, instance, schema):  # noqa: ANN001, ANN202
+    def properties(validator, props, instance, schema):
         if isinstance(instance, dict):
             for name, sub in props.items():
                 if isinstance(sub, dict) and "default" in sub and name not in instance:
@@ -109,11 +109,15 @@ def _describe(error: jsonschema.ValidationError) -> Iterator[str]:
         yield f"{where}: {error.message}"
         return
     if error.validator in ("anyOf", "oneOf") and error.context:
-        options = sorted({str(sorted(c.validator_value)) for c in error.context
-                          if c.validator == "required"})
+        options = sorted(
+            {str(sorted(c.validator_value)) for c in error.context if c.validator == "required"}
+        )
         if options:
-            yield f"{where}: needs exactly the keys of one of: {' or '.join(options)}" if \
-                error.validator == "oneOf" else f"{where}: needs one of: {' or '.join(options)}"
+            yield (
+                f"{where}: needs exactly the keys of one of: {' or '.join(options)}"
+                if error.validator == "oneOf"
+                else f"{where}: needs one of: {' or '.join(options)}"
+            )
             return
     yield f"{where}: {error.message}"
 

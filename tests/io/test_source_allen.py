@@ -35,15 +35,35 @@ PIVOT_REL = f"metadata/WMB-taxonomy/{RELEASE}/views/{PIVOT_NAME}.csv"
 
 # cluster_alias -> (neurotransmitter, class, subclass, supertype, cluster); values as published.
 TAXONOMY = {
-    "1": ("Glut", "01 IT-ET Glut", "018 L2 IT PPP-APr Glut", "0081 L2 IT PPP-APr Glut_3",
-          "0327 L2 IT PPP-APr Glut_3"),
-    "2": ("GABA", "27 MY GABA", "291 CB PLI Gly-Gaba", "1167 CB PLI Gly-Gaba_1",
-          "4955 CB PLI Gly-Gaba_1"),
-    "3": ("Glut", "29 CB Glut", "314 CB Granule Glut", "1144 CB Granule Glut_1",
-          "4935 CB Granule Glut_1"),
+    "1": (
+        "Glut",
+        "01 IT-ET Glut",
+        "018 L2 IT PPP-APr Glut",
+        "0081 L2 IT PPP-APr Glut_3",
+        "0327 L2 IT PPP-APr Glut_3",
+    ),
+    "2": (
+        "GABA",
+        "27 MY GABA",
+        "291 CB PLI Gly-Gaba",
+        "1167 CB PLI Gly-Gaba_1",
+        "4955 CB PLI Gly-Gaba_1",
+    ),
+    "3": (
+        "Glut",
+        "29 CB Glut",
+        "314 CB Granule Glut",
+        "1144 CB Granule Glut_1",
+        "4935 CB Granule Glut_1",
+    ),
     "4": ("", "30 Astro-Epen", "319 Astro-TE NN", "1163 Astro-TE NN_3", "5112 Astro-TE NN_3"),
-    "5": ("Glut", "18 TH Glut", "151 TH Prkcd Grin2c Glut", "0651 TH Prkcd Grin2c Glut_5",
-          "2686 TH Prkcd Grin2c Glut_5"),
+    "5": (
+        "Glut",
+        "18 TH Glut",
+        "151 TH Prkcd Grin2c Glut",
+        "0651 TH Prkcd Grin2c Glut_5",
+        "2686 TH Prkcd Grin2c Glut_5",
+    ),
     "6": ("", "33 Vascular", "333 Endo NN", "1193 Endo NN_1", "5304 Endo NN_1"),
     "7": ("GABA", "06 CTX-CGE GABA", "046 Vip Gaba", "0199 Vip Gaba_2", "0794 Vip Gaba_2"),
 }
@@ -72,8 +92,11 @@ class Release:
     def serve(self, server: Any) -> None:
         for rel in self.files.values():
             server.add_file(rel, self.bucket / rel)
-        server.add(f"releases/{RELEASE}/manifest.json", json.dumps(self.manifest),
-                   content_type="application/json")
+        server.add(
+            f"releases/{RELEASE}/manifest.json",
+            json.dumps(self.manifest),
+            content_type="application/json",
+        )
 
 
 def _matrix_rel(label: str, variant: str = "raw") -> str:
@@ -82,8 +105,13 @@ def _matrix_rel(label: str, variant: str = "raw") -> str:
 
 def _entry(bucket: Path, rel: str, version: str) -> dict[str, Any]:
     data = (bucket / rel).read_bytes()
-    return {"version": version, "relative_path": rel, "url": f"{S3}/{rel}", "size": len(data),
-            "file_hash": hashlib.md5(data).hexdigest()}
+    return {
+        "version": version,
+        "relative_path": rel,
+        "url": f"{S3}/{rel}",
+        "size": len(data),
+        "file_hash": hashlib.md5(data).hexdigest(),
+    }
 
 
 def _cell_labels(rng: np.random.Generator, n: int, library: str) -> list[str]:
@@ -95,12 +123,17 @@ def _write_matrix(path: Path, cells: list[str], rng: np.random.Generator) -> Non
     # Raw ABC matrices: CSR, integer counts stored as float32, obs index cell_label,
     # var index the Ensembl gene_identifier with a gene_symbol column.
     counts = rng.poisson(0.8, size=(len(cells), N_GENES)).astype(np.float32)
-    obs = pd.DataFrame({"cell_barcode": [c.split("-")[0] for c in cells],
-                        "library_label": [f"L8TX_{c.split('-')[1]}" for c in cells]},
-                       index=pd.Index(cells, name="cell_label"))
-    var = pd.DataFrame({"gene_symbol": [f"Gm{1000 + i}" for i in range(N_GENES)]},
-                       index=pd.Index([f"ENSMUSG{i:011d}" for i in range(N_GENES)],
-                                      name="gene_identifier"))
+    obs = pd.DataFrame(
+        {
+            "cell_barcode": [c.split("-")[0] for c in cells],
+            "library_label": [f"L8TX_{c.split('-')[1]}" for c in cells],
+        },
+        index=pd.Index(cells, name="cell_label"),
+    )
+    var = pd.DataFrame(
+        {"gene_symbol": [f"Gm{1000 + i}" for i in range(N_GENES)]},
+        index=pd.Index([f"ENSMUSG{i:011d}" for i in range(N_GENES)], name="gene_identifier"),
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     ad.AnnData(X=sp.csr_matrix(counts), obs=obs, var=var).write_h5ad(path)
 
@@ -114,21 +147,31 @@ def _metadata(cells: dict[str, list[str]], rng: np.random.Generator, legacy: boo
             alias = aliases[i % len(aliases)]
             if label == "WMB-10Xv3-TH" and i == 7:
                 alias = ORPHAN_ALIAS
-            rows.append({
-                "cell_label": cell, "cell_barcode": barcode,
-                "barcoded_cell_sample_label": library, "library_label": f"L8TX_{library}",
-                "feature_matrix_label": label, "entity": "cell", "brain_section_label": "",
-                "library_method": label.split("-")[1], "region_of_interest_acronym": REGION[label],
-                "donor_label": f"Snap25-IRES2-Cre;Ai14-{400000 + i % 3}",
-                "donor_genotype": "Snap25-IRES2-Cre/wt;Ai14(RCL-tdT)/wt",
-                "donor_sex": "M" if i % 2 else "F", "dataset_label": label.rsplit("-", 1)[0],
-                "x": round(float(rng.normal()), 4), "y": round(float(rng.normal()), 4),
-                "cluster_alias": alias,
-            })
+            rows.append(
+                {
+                    "cell_label": cell,
+                    "cell_barcode": barcode,
+                    "barcoded_cell_sample_label": library,
+                    "library_label": f"L8TX_{library}",
+                    "feature_matrix_label": label,
+                    "entity": "cell",
+                    "brain_section_label": "",
+                    "library_method": label.split("-")[1],
+                    "region_of_interest_acronym": REGION[label],
+                    "donor_label": f"Snap25-IRES2-Cre;Ai14-{400000 + i % 3}",
+                    "donor_genotype": "Snap25-IRES2-Cre/wt;Ai14(RCL-tdT)/wt",
+                    "donor_sex": "M" if i % 2 else "F",
+                    "dataset_label": label.rsplit("-", 1)[0],
+                    "x": round(float(rng.normal()), 4),
+                    "y": round(float(rng.normal()), 4),
+                    "cluster_alias": alias,
+                }
+            )
     meta = pd.DataFrame(rows).sample(frac=1.0, random_state=0)  # matrices interleave
     if legacy:  # 20230630 layout: matrix_label, no barcoded_cell_sample_label/entity/section
         meta = meta.rename(columns={"feature_matrix_label": "matrix_label"}).drop(
-            columns=["barcoded_cell_sample_label", "entity", "brain_section_label"])
+            columns=["barcoded_cell_sample_label", "entity", "brain_section_label"]
+        )
     return meta
 
 
@@ -143,13 +186,18 @@ def _pivot(legacy: bool) -> pd.DataFrame:
 
 
 def build_release(
-    bucket: Path, *, legacy: bool = False, drop_metadata: tuple[str, ...] = (),
+    bucket: Path,
+    *,
+    legacy: bool = False,
+    drop_metadata: tuple[str, ...] = (),
     omit_from_metadata: tuple[str, ...] = (),
 ) -> Release:
     """Write matrices, cell metadata, taxonomy and a manifest.json in the real layout."""
     rng = np.random.default_rng(7)
-    cells = {label: _cell_labels(rng, N_CELLS, f"{410 + k}_B0{k}")
-             for k, label in enumerate([*REQUESTED, NOT_REQUESTED, OTHER_DIRECTORY])}
+    cells = {
+        label: _cell_labels(rng, N_CELLS, f"{410 + k}_B0{k}")
+        for k, label in enumerate([*REQUESTED, NOT_REQUESTED, OTHER_DIRECTORY])
+    }
     files = {label: _matrix_rel(label) for label in [*REQUESTED, NOT_REQUESTED]}
     for label, rel in files.items():
         _write_matrix(bucket / rel, cells[label], rng)
@@ -162,38 +210,71 @@ def build_release(
     files |= {"cell_metadata": META_REL, PIVOT_NAME: PIVOT_REL}
 
     matrices = {
-        label: {"raw": {"files": {"h5ad": _entry(bucket, rel, MATRIX_VERSION)}},
-                # log2 files are listed but never served: only raw counts may be fetched.
-                "log2": {"files": {"h5ad": {**_entry(bucket, rel, MATRIX_VERSION),
-                                            "relative_path": _matrix_rel(label, "log2")}}}}
-        for label, rel in files.items() if label.startswith("WMB-10Xv3")
+        label: {
+            "raw": {"files": {"h5ad": _entry(bucket, rel, MATRIX_VERSION)}},
+            # log2 files are listed but never served: only raw counts may be fetched.
+            "log2": {
+                "files": {
+                    "h5ad": {
+                        **_entry(bucket, rel, MATRIX_VERSION),
+                        "relative_path": _matrix_rel(label, "log2"),
+                    }
+                }
+            },
+        }
+        for label, rel in files.items()
+        if label.startswith("WMB-10Xv3")
     }
     manifest = {
         "version": RELEASE,
         "resource_uri": "s3://allen-brain-cell-atlas/",
-        "directory_listing": {"WMB-10Xv3": {"directories": {"expression_matrices": {
-            "version": MATRIX_VERSION,
-            "relative_path": f"expression_matrices/WMB-10Xv3/{MATRIX_VERSION}"}}}},
+        "directory_listing": {
+            "WMB-10Xv3": {
+                "directories": {
+                    "expression_matrices": {
+                        "version": MATRIX_VERSION,
+                        "relative_path": f"expression_matrices/WMB-10Xv3/{MATRIX_VERSION}",
+                    }
+                }
+            }
+        },
         "file_listing": {
             "WMB-10Xv3": {"expression_matrices": matrices},
-            "WMB-10X": {"metadata": {
-                "cell_metadata": {"files": {"csv": _entry(bucket, META_REL, RELEASE)}},
-                "gene": {"files": {"csv": {
-                    **_entry(bucket, META_REL, RELEASE),
-                    "relative_path": f"metadata/WMB-10X/{RELEASE}/gene.csv"}}},
-            }},
-            "WMB-taxonomy": {"metadata": {
-                PIVOT_NAME: {"files": {"csv": _entry(bucket, PIVOT_REL, RELEASE)}},
-            }},
+            "WMB-10X": {
+                "metadata": {
+                    "cell_metadata": {"files": {"csv": _entry(bucket, META_REL, RELEASE)}},
+                    "gene": {
+                        "files": {
+                            "csv": {
+                                **_entry(bucket, META_REL, RELEASE),
+                                "relative_path": f"metadata/WMB-10X/{RELEASE}/gene.csv",
+                            }
+                        }
+                    },
+                }
+            },
+            "WMB-taxonomy": {
+                "metadata": {
+                    PIVOT_NAME: {"files": {"csv": _entry(bucket, PIVOT_REL, RELEASE)}},
+                }
+            },
         },
     }
     return Release(bucket, manifest, cells, meta, pivot, files)
 
 
 def _cfg(server: Any, **overrides: Any) -> dict[str, Any]:
-    cfg = {"source": "allen_abc", "release": RELEASE, "base_url": server.base_url,
-           "directory": "WMB-10Xv3", "matrices": list(REQUESTED), "organism": "mouse",
-           "retries": 1, "timeout": 10, **overrides}
+    cfg = {
+        "source": "allen_abc",
+        "release": RELEASE,
+        "base_url": server.base_url,
+        "directory": "WMB-10Xv3",
+        "matrices": list(REQUESTED),
+        "organism": "mouse",
+        "retries": 1,
+        "timeout": 10,
+        **overrides,
+    }
     return validate_config({"datasets": {"abc": cfg}})["datasets"]["abc"]
 
 
@@ -252,8 +333,13 @@ def test_fetch_downloads_verified_files_and_writes_manifest(
         assert rec["sha256"] == hashlib.sha256(data).hexdigest()
     assert manifest["obs_table"] == {"path": str(out / "obs.parquet"), "key": "cell_label"}
     assert manifest["defaults"] == {
-        "obs_map": {"cell_type": "subclass", "donor": "donor_label", "batch": "library_label",
-                    "tissue": "region_of_interest_acronym", "assay": "library_method"},
+        "obs_map": {
+            "cell_type": "subclass",
+            "donor": "donor_label",
+            "batch": "library_label",
+            "tissue": "region_of_interest_acronym",
+            "assay": "library_method",
+        },
         "obs_keep": ["class", "subclass", "supertype", "cluster", "neurotransmitter", "donor_sex"],
         "genes": {"id_type": "ensembl", "symbol_column": "gene_symbol"},
     }
@@ -262,9 +348,14 @@ def test_fetch_downloads_verified_files_and_writes_manifest(
     assert info["manifest_url"] == http_server.url(f"releases/{RELEASE}/manifest.json")
     assert [m["label"] for m in info["matrices"]] == REQUESTED
     assert info["matrices"][0]["version"] == MATRIX_VERSION
-    assert info["matrices"][0]["md5"] == (
-        release.manifest["file_listing"]["WMB-10Xv3"]["expression_matrices"]["WMB-10Xv3-CB"]
-        ["raw"]["files"]["h5ad"]["file_hash"])
+    assert (
+        info["matrices"][0]["md5"]
+        == (
+            release.manifest["file_listing"]["WMB-10Xv3"]["expression_matrices"]["WMB-10Xv3-CB"][
+                "raw"
+            ]["files"]["h5ad"]["file_hash"]
+        )
+    )
     assert info["n_metadata_rows"] == len(release.metadata) == 4 * N_CELLS
     assert info["n_cells"] == 2 * N_CELLS
     assert info["cells_per_matrix"] == dict.fromkeys(REQUESTED, N_CELLS)
@@ -291,7 +382,11 @@ def test_obs_table_has_requested_cells_with_taxonomy(
     # CB cell 1 -> cluster_alias 3 (granule cells); TH cell 0 -> alias 5.
     columns = ["cluster_alias", "class", "subclass", "supertype", "cluster"]
     assert by_cell.loc[cb[1], columns].tolist() == [
-        "3", "29 CB Glut", "314 CB Granule Glut", "1144 CB Granule Glut_1", "4935 CB Granule Glut_1"
+        "3",
+        "29 CB Glut",
+        "314 CB Granule Glut",
+        "1144 CB Granule Glut_1",
+        "4935 CB Granule Glut_1",
     ]
     assert by_cell.loc[th[0], "subclass"] == "151 TH Prkcd Grin2c Glut"
     assert by_cell.loc[th[0], "region_of_interest_acronym"] == "TH"
@@ -326,9 +421,7 @@ def test_small_csv_chunks_give_identical_obs(
     )
 
 
-def test_legacy_release_with_matrix_label_and_division(
-    tmp_path: Path, http_server: Any
-) -> None:
+def test_legacy_release_with_matrix_label_and_division(tmp_path: Path, http_server: Any) -> None:
     release = build_release(tmp_path / "bucket", legacy=True)
     release.serve(http_server)
     out = tmp_path / "out"
@@ -366,13 +459,12 @@ def test_verified_files_are_not_downloaded_twice(
 # --------------------------------------------------------------------------- bad input
 
 
-def test_md5_mismatch_leaves_no_file_and_no_manifest(
-    tmp_path: Path, http_server: Any
-) -> None:
+def test_md5_mismatch_leaves_no_file_and_no_manifest(tmp_path: Path, http_server: Any) -> None:
     release = build_release(tmp_path / "bucket")
     release.manifest = copy.deepcopy(release.manifest)
-    entry = (release.manifest["file_listing"]["WMB-10Xv3"]["expression_matrices"]
-             ["WMB-10Xv3-TH"]["raw"]["files"]["h5ad"])
+    entry = release.manifest["file_listing"]["WMB-10Xv3"]["expression_matrices"]["WMB-10Xv3-TH"][
+        "raw"
+    ]["files"]["h5ad"]
     entry["file_hash"] = hashlib.md5(b"something else").hexdigest()
     release.serve(http_server)
     out = tmp_path / "out"
@@ -394,8 +486,14 @@ def test_unknown_matrix_label_lists_available_ones(
     with pytest.raises(ScfmInputError) as err:
         _fetch(http_server, out, matrices=["WMB-10Xv3-CB", "WMB-10Xv3-XX"])
     msg = str(err.value)
-    for part in ("WMB-10Xv3-XX", RELEASE, "directory WMB-10Xv3",
-                 "WMB-10Xv3-CB", "WMB-10Xv3-HPF", "WMB-10Xv3-TH"):
+    for part in (
+        "WMB-10Xv3-XX",
+        RELEASE,
+        "directory WMB-10Xv3",
+        "WMB-10Xv3-CB",
+        "WMB-10Xv3-HPF",
+        "WMB-10Xv3-TH",
+    ):
         assert part in msg
     # Every label is checked before anything is downloaded.
     assert not (out / release.files["WMB-10Xv3-CB"]).exists()

@@ -36,14 +36,23 @@ def h5ad_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     """A CELLxGENE-style h5ad: normalised X, integer counts in raw.X, Ensembl var index."""
     rng = np.random.default_rng(0)
     counts = rng.poisson(1.0, (40, 12)).astype(np.float32)
-    obs = pd.DataFrame({
-        "cell_type": pd.Categorical(rng.choice(["T cell", "B cell"], 40)),
-        "donor_id": pd.Categorical(rng.choice(["d1", "d2"], 40)),
-        "tissue": "blood", "assay": "10x 3' v3", "disease": "normal", "sex": "female",
-        "development_stage": "adult", "cell_type_ontology_term_id": "CL:0000084",
-    }, index=[f"cell{i}" for i in range(40)])
-    var = pd.DataFrame({"feature_name": [f"GENE{i}" for i in range(12)]},
-                       index=[f"ENSG{i:011d}" for i in range(12)])
+    obs = pd.DataFrame(
+        {
+            "cell_type": pd.Categorical(rng.choice(["T cell", "B cell"], 40)),
+            "donor_id": pd.Categorical(rng.choice(["d1", "d2"], 40)),
+            "tissue": "blood",
+            "assay": "10x 3' v3",
+            "disease": "normal",
+            "sex": "female",
+            "development_stage": "adult",
+            "cell_type_ontology_term_id": "CL:0000084",
+        },
+        index=[f"cell{i}" for i in range(40)],
+    )
+    var = pd.DataFrame(
+        {"feature_name": [f"GENE{i}" for i in range(12)]},
+        index=[f"ENSG{i:011d}" for i in range(12)],
+    )
     raw = ad.AnnData(X=sp.csr_matrix(counts), obs=obs, var=var)
     norm = np.log1p(counts / counts.sum(1, keepdims=True).clip(1) * 1e4)
     adata = ad.AnnData(X=sp.csr_matrix(norm.astype(np.float32)), obs=obs, var=var)
@@ -55,14 +64,23 @@ def h5ad_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 
 def _version(server: Any, vid: str, *, filesize: int | None, assets: list | None = None) -> dict:
     if assets is None:
-        assets = [{"filetype": "RDS", "url": server.url(f"{vid}.rds"), "filesize": 5},
-                  {"filetype": "H5AD", "url": server.url(f"{vid}.h5ad"), "filesize": filesize}]
-    return {"dataset_id": DATASET_ID, "dataset_version_id": vid, "collection_id": COLLECTION_ID,
-            "title": TITLE, "assets": assets, "cell_count": 40}
+        assets = [
+            {"filetype": "RDS", "url": server.url(f"{vid}.rds"), "filesize": 5},
+            {"filetype": "H5AD", "url": server.url(f"{vid}.h5ad"), "filesize": filesize},
+        ]
+    return {
+        "dataset_id": DATASET_ID,
+        "dataset_version_id": vid,
+        "collection_id": COLLECTION_ID,
+        "title": TITLE,
+        "assets": assets,
+        "cell_count": 40,
+    }
 
 
-def _serve(server: Any, body: bytes, *, versions: Any = None, filesize: int | None = None,
-           **route: Any) -> None:
+def _serve(
+    server: Any, body: bytes, *, versions: Any = None, filesize: int | None = None, **route: Any
+) -> None:
     """Serve the versions JSON (a bare list unless given) and the newest version's h5ad."""
     if versions is None:
         size = len(body) if filesize is None else filesize
@@ -72,8 +90,13 @@ def _serve(server: Any, body: bytes, *, versions: Any = None, filesize: int | No
 
 
 def _cfg(server: Any, **kw: Any) -> dict[str, Any]:
-    cfg = {"source": "cellxgene_dataset", "api_url": server.base_url, "retries": 3,
-           "timeout": 5, **kw}
+    cfg = {
+        "source": "cellxgene_dataset",
+        "api_url": server.base_url,
+        "retries": 3,
+        "timeout": 5,
+        **kw,
+    }
     if "url" not in kw:
         cfg["dataset_id"] = DATASET_ID
     return validate_config({"datasets": {"cx": cfg}})["datasets"]["cx"]
@@ -87,8 +110,12 @@ def test_downloads_the_newest_h5ad_and_writes_the_manifest(
     http_server: Any, h5ad_bytes: bytes, tmp_path: Path
 ) -> None:
     # The older {"datasets": [...]} response shape, newest version first.
-    versions = {"datasets": [_version(http_server, VERSION_ID, filesize=len(h5ad_bytes)),
-                             _version(http_server, OLD_VERSION_ID, filesize=1)]}
+    versions = {
+        "datasets": [
+            _version(http_server, VERSION_ID, filesize=len(h5ad_bytes)),
+            _version(http_server, OLD_VERSION_ID, filesize=1),
+        ]
+    }
     _serve(http_server, h5ad_bytes, versions=versions)
     manifest = fetch_dataset("cx", _cfg(http_server), tmp_path)
 
@@ -100,13 +127,21 @@ def test_downloads_the_newest_h5ad_and_writes_the_manifest(
 
     assert manifest == read_manifest(tmp_path / "manifest.json")
     assert manifest["source"] == "cellxgene_dataset" and manifest["format"] == "h5ad"
-    assert manifest["matrices"] == [{
-        "url": http_server.url(f"{VERSION_ID}.h5ad"), "path": str(dest),
-        "size": len(h5ad_bytes), "sha256": hashlib.sha256(h5ad_bytes).hexdigest(),
-    }]
+    assert manifest["matrices"] == [
+        {
+            "url": http_server.url(f"{VERSION_ID}.h5ad"),
+            "path": str(dest),
+            "size": len(h5ad_bytes),
+            "sha256": hashlib.sha256(h5ad_bytes).hexdigest(),
+        }
+    ]
     assert manifest["defaults"] == {
-        "obs_map": {"cell_type": "cell_type", "donor": "donor_id", "tissue": "tissue",
-                    "assay": "assay"},
+        "obs_map": {
+            "cell_type": "cell_type",
+            "donor": "donor_id",
+            "tissue": "tissue",
+            "assay": "assay",
+        },
         "obs_keep": ["disease", "sex", "development_stage", "cell_type_ontology_term_id"],
         "genes": {"id_type": "ensembl", "symbol_column": "feature_name"},
     }

@@ -21,35 +21,56 @@ cellxgene_census = pytest.importorskip("cellxgene_census")
 
 N_CELLS, N_GENES = 300, 50
 VERSION = "2025-01-30"
-CARRIED = ["soma_joinid", "dataset_id", "assay", "cell_type", "cell_type_ontology_term_id",
-           "tissue", "tissue_general", "disease", "donor_id", "sex", "development_stage",
-           "suspension_type", "is_primary_data"]
+CARRIED = [
+    "soma_joinid",
+    "dataset_id",
+    "assay",
+    "cell_type",
+    "cell_type_ontology_term_id",
+    "tissue",
+    "tissue_general",
+    "disease",
+    "donor_id",
+    "sex",
+    "development_stage",
+    "suspension_type",
+    "is_primary_data",
+]
 
 
 def _source_adata() -> ad.AnnData:
     rng = np.random.default_rng(42)
     pick = lambda values: rng.choice(values, N_CELLS)  # noqa: E731
     cell_types = pick(["T cell", "B cell", "monocyte"])
-    obs = pd.DataFrame({
-        "dataset_id": pd.Categorical(pick(["ds-a", "ds-b"])),
-        "assay": pd.Categorical(pick(["10x 3' v3", "Smart-seq2"])),
-        "cell_type": pd.Categorical(cell_types),
-        "cell_type_ontology_term_id": [{"T cell": "CL:0000084", "B cell": "CL:0000236",
-                                        "monocyte": "CL:0000576"}[c] for c in cell_types],
-        "tissue": pick(["blood", "bone marrow", "lung"]),
-        "disease": pick(["normal", "COVID-19"]),
-        "donor_id": pick([f"donor{i}" for i in range(5)]),
-        "sex": pick(["female", "male"]),
-        "development_stage": pick(["adult", "child"]),
-        "suspension_type": "cell",
-        "is_primary_data": rng.random(N_CELLS) < 0.7,
-        "self_reported_ethnicity": "unknown",  # a Census column the source does not carry
-    })
-    obs["tissue_general"] = obs["tissue"].map({"blood": "blood", "bone marrow": "blood",
-                                               "lung": "lung"})
+    obs = pd.DataFrame(
+        {
+            "dataset_id": pd.Categorical(pick(["ds-a", "ds-b"])),
+            "assay": pd.Categorical(pick(["10x 3' v3", "Smart-seq2"])),
+            "cell_type": pd.Categorical(cell_types),
+            "cell_type_ontology_term_id": [
+                {"T cell": "CL:0000084", "B cell": "CL:0000236", "monocyte": "CL:0000576"}[c]
+                for c in cell_types
+            ],
+            "tissue": pick(["blood", "bone marrow", "lung"]),
+            "disease": pick(["normal", "COVID-19"]),
+            "donor_id": pick([f"donor{i}" for i in range(5)]),
+            "sex": pick(["female", "male"]),
+            "development_stage": pick(["adult", "child"]),
+            "suspension_type": "cell",
+            "is_primary_data": rng.random(N_CELLS) < 0.7,
+            "self_reported_ethnicity": "unknown",  # a Census column the source does not carry
+        }
+    )
+    obs["tissue_general"] = obs["tissue"].map(
+        {"blood": "blood", "bone marrow": "blood", "lung": "lung"}
+    )
     obs.index = obs.index.astype(str)  # stored as obs_id; soma_joinid = row position
-    var = pd.DataFrame({"feature_id": [f"ENSG{i:011d}" for i in range(N_GENES)],
-                        "feature_name": [f"GENE{i}" for i in range(N_GENES)]})
+    var = pd.DataFrame(
+        {
+            "feature_id": [f"ENSG{i:011d}" for i in range(N_GENES)],
+            "feature_name": [f"GENE{i}" for i in range(N_GENES)],
+        }
+    )
     var.index = var.index.astype(str)
     shape = (N_CELLS, N_GENES)
     counts = rng.negative_binomial(2, 0.5, shape) * (rng.random(shape) < 0.3)
@@ -67,8 +88,11 @@ def census_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, ad.AnnD
         coll.add_new_collection("census_info")
         data = coll.add_new_collection("census_data")
         exp_uri = soma_io.from_anndata(
-            f"{root}/census_data/homo_sapiens", adata.copy(), measurement_name="RNA",
-            X_layer_name="raw", var_id_name="feature_id",
+            f"{root}/census_data/homo_sapiens",
+            adata.copy(),
+            measurement_name="RNA",
+            X_layer_name="raw",
+            var_id_name="feature_id",
         )
         with soma.Experiment.open(exp_uri) as exp:
             data.set("homo_sapiens", exp)
@@ -76,8 +100,13 @@ def census_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, ad.AnnD
 
 
 def _cfg(name: str, root: str | None, **kw: Any) -> dict[str, Any]:
-    cfg = {"source": "cellxgene_census", "census_version": VERSION, "census_uri": root,
-           "obs_filter": "tissue_general == 'blood'", **kw}
+    cfg = {
+        "source": "cellxgene_census",
+        "census_version": VERSION,
+        "census_uri": root,
+        "obs_filter": "tissue_general == 'blood'",
+        **kw,
+    }
     return validate_config({"datasets": {name: cfg}})["datasets"][name]
 
 
@@ -135,11 +164,17 @@ def test_fetch_primary_cells_matching_the_filter(
     assert manifest == read_manifest(tmp_path / "manifest.json")
     assert manifest["dataset"] == "blood" and manifest["source"] == "cellxgene_census"
     assert manifest["format"] == "h5ad"
-    assert manifest["matrices"] == [{"path": str(h5ad), "url": root, "sha256": None,
-                                     "size": h5ad.stat().st_size}]
+    assert manifest["matrices"] == [
+        {"path": str(h5ad), "url": root, "sha256": None, "size": h5ad.stat().st_size}
+    ]
     assert manifest["defaults"] == {
-        "obs_map": {"cell_type": "cell_type", "donor": "donor_id", "tissue": "tissue",
-                    "assay": "assay", "batch": "dataset_id"},
+        "obs_map": {
+            "cell_type": "cell_type",
+            "donor": "donor_id",
+            "tissue": "tissue",
+            "assay": "assay",
+            "batch": "dataset_id",
+        },
         "obs_keep": ["disease", "sex", "development_stage", "cell_type_ontology_term_id"],
         "genes": {"id_type": "ensembl", "symbol_column": "feature_name"},
     }
@@ -155,8 +190,7 @@ def test_primary_only_false_keeps_duplicate_cells(
     census_store: tuple[str, ad.AnnData], tmp_path: Path
 ) -> None:
     root, source = census_store
-    manifest = fetch_dataset("all", _cfg("all", root, primary_only=False), tmp_path,
-                             chunk_cells=64)
+    manifest = fetch_dataset("all", _cfg("all", root, primary_only=False), tmp_path, chunk_cells=64)
     mask = (source.obs["tissue_general"] == "blood").to_numpy()
     out = _assert_subset(tmp_path / "census.h5ad", source, mask)
     assert not out.obs["is_primary_data"].all()
@@ -171,8 +205,9 @@ def test_primary_clause_binds_to_the_whole_filter(
     cfg = _cfg("or", root, obs_filter="tissue == 'lung' or cell_type == 'B cell'")
     fetch_dataset("or", cfg, tmp_path, chunk_cells=1000)
     obs = source.obs
-    mask = (((obs["tissue"] == "lung") | (obs["cell_type"] == "B cell")).to_numpy()
-            & obs["is_primary_data"].to_numpy())
+    mask = ((obs["tissue"] == "lung") | (obs["cell_type"] == "B cell")).to_numpy() & obs[
+        "is_primary_data"
+    ].to_numpy()
     _assert_subset(tmp_path / "census.h5ad", source, mask)
 
 

@@ -1,17 +1,10 @@
 # Config validation, wildcard constraints and input functions shared by every rule.
-import os
-from pathlib import Path
-
 from scfm.config import load_schema, validate_config
 
 # Validate once at start-up, before any job: unknown keys, wrong types and unknown sources stop
 # the run with the key path and what was expected. Defaults are filled from the schema.
-config = validate_config(config, schema=load_schema(workflow.source_path("../schemas/config.schema.yaml")))
-
-# Jobs import scfm from this checkout, also inside per-rule conda envs (--software-deployment-method
-# conda) that do not have it installed; sbatch passes the environment on to cluster jobs.
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (str(Path(workflow.basedir) / "src"), os.environ.get("PYTHONPATH")) if p
+config = validate_config(
+    config, schema=load_schema(workflow.source_path("../schemas/config.schema.yaml"))
 )
 
 DATASETS = config["datasets"]

@@ -6,15 +6,15 @@ rule download:
         get_download_input,
     output:
         manifest="resources/raw/{dataset}/manifest.json",
-    params:
-        cfg=dataset_cfg,
-        chunk_cells=config["io"]["chunk_cells"],
     log:
         "logs/download/{dataset}.log",
     conda:
         "../../envs/download.yaml"
     resources:
         downloads=1,
+    params:
+        cfg=dataset_cfg,
+        chunk_cells=config["io"]["chunk_cells"],
     script:
         "../../scripts/download.py"
 
@@ -24,11 +24,11 @@ rule reference_genes:
         get_reference_input,
     output:
         table="resources/reference/{organism}/genes.tsv",
-    params:
-        spec=reference_spec,
     log:
         "logs/reference_genes/{organism}.log",
     conda:
         "../../envs/download.yaml"
+    params:
+        spec=reference_spec,
     script:
         "../../scripts/reference_genes.py"

@@ -14,14 +14,14 @@ rule qc:
             subcategory="{dataset}",
             labels={"dataset": "{dataset}", "figure": "QC metrics"},
         ),
+    log:
+        "logs/qc/{dataset}.log",
+    conda:
+        "../../envs/rna.yaml"
     params:
         qc=qc_params,
         organism=dataset_organism,
         chunk_cells=config["io"]["chunk_cells"],
         compression=config["io"]["compression"],
-    log:
-        "logs/qc/{dataset}.log",
-    conda:
-        "../../envs/rna.yaml"
     script:
         "../../scripts/qc.py"

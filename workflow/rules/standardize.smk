@@ -7,13 +7,13 @@ rule standardize:
         gene_table=get_gene_table,
     output:
         h5ad="results/standard/{dataset}.h5ad",
-    params:
-        cfg=dataset_cfg,
-        chunk_cells=config["io"]["chunk_cells"],
-        compression=config["io"]["compression"],
     log:
         "logs/standardize/{dataset}.log",
     conda:
         "../../envs/rna.yaml"
+    params:
+        cfg=dataset_cfg,
+        chunk_cells=config["io"]["chunk_cells"],
+        compression=config["io"]["compression"],
     script:
         "../../scripts/standardize.py"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -90,13 +89,18 @@ def download(
             last = exc
             if attempt < retries:
                 wait = backoff * 2 ** (attempt - 1)
-                log.warning("%s (attempt %d/%d); retrying in %.1fs", exc, attempt, retries, wait)
+                log.warning("%s: %s (attempt %d/%d); retrying in %.1fs", url, exc, attempt, retries, wait)
                 time.sleep(wait)
     raise ScfmDownloadError(f"{url}: giving up after {retries} attempt(s): {last}")
 
 
 def _verify(
-    url: str, got_size: int, digests: dict[str, str], *, sha256: str | None, md5: str | None,
+    url: str,
+    got_size: int,
+    digests: dict[str, str],
+    *,
+    sha256: str | None,
+    md5: str | None,
     size: int | None,
 ) -> None:
     if size is not None and got_size != size:
@@ -110,7 +114,7 @@ def _verify(
 
 
 def _fetch(url: str, out: Path, *, timeout: float) -> dict[str, str]:
-    hashes = {"sha256": hashlib.sha256(), "md5": hashlib.md5()}  # noqa: S324 - md5 is what ABC publishes
+    hashes = {"sha256": hashlib.sha256(), "md5": hashlib.md5()}
     parsed = urlparse(url)
     if parsed.scheme == "file":
         src = Path(unquote(parsed.path))
@@ -123,17 +127,25 @@ def _fetch(url: str, out: Path, *, timeout: float) -> dict[str, str]:
                     h.update(block)
         return {k: h.hexdigest() for k, h in hashes.items()}
     if parsed.scheme not in ("http", "https"):
-        raise ScfmDownloadError(f"{url}: unsupported URL scheme {parsed.scheme!r}; expected http(s) or file")
+        raise ScfmDownloadError(
+            f"{url}: unsupported URL scheme {parsed.scheme!r}; expected http(s) or file"
+        )
     try:
         resp = requests.get(url, stream=True, timeout=timeout, headers={"User-Agent": USER_AGENT})
     except (requests.ConnectionError, requests.Timeout) as exc:
-        raise _Transient(f"{url}: {type(exc).__name__}: {exc}") from exc
+        raise _Transient(f"{type(exc).__name__}: {exc}") from exc
     with resp:
         _raise_for_status(url, resp)
         total = int(resp.headers.get("Content-Length", 0)) or None
         n = 0
-        bar = tqdm(total=total, unit="B", unit_scale=True, desc=Path(parsed.path).name,
-                   disable=not sys.stderr.isatty(), leave=False)
+        bar = tqdm(
+            total=total,
+            unit="B",
+            unit_scale=True,
+            desc=Path(parsed.path).name,
+            disable=not sys.stderr.isatty(),
+            leave=False,
+        )
         try:
             with out.open("wb") as fout:
                 for block in resp.iter_content(CHUNK):
@@ -142,13 +154,16 @@ def _fetch(url: str, out: Path, *, timeout: float) -> dict[str, str]:
                     bar.update(len(block))
                     for h in hashes.values():
                         h.update(block)
-        except (requests.ConnectionError, requests.Timeout,
-                requests.exceptions.ChunkedEncodingError) as exc:
-            raise _Transient(f"{url}: transfer interrupted after {n} bytes: {exc}") from exc
+        except (
+            requests.ConnectionError,
+            requests.Timeout,
+            requests.exceptions.ChunkedEncodingError,
+        ) as exc:
+            raise _Transient(f"transfer interrupted after {n} bytes: {exc}") from exc
         finally:
             bar.close()
         if total is not None and n != total and "Content-Encoding" not in resp.headers:
-            raise _Transient(f"{url}: server closed the connection after {n} of {total} bytes")
+            raise _Transient(f"server closed the connection after {n} of {total} bytes")
     return {k: h.hexdigest() for k, h in hashes.items()}
 
 
@@ -165,7 +180,10 @@ def fetch_json(url: str, *, retries: int = 3, timeout: float = 60, backoff: floa
     """GET a JSON document (API response, manifest) with the same retry policy as downloads."""
     parsed = urlparse(url)
     if parsed.scheme == "file":
-        return json.loads(Path(unquote(parsed.path)).read_text())
+        try:
+            return json.loads(Path(unquote(parsed.path)).read_text())
+        except (OSError, ValueError) as exc:
+            raise ScfmDownloadError(f"{url}: cannot read JSON: {exc}") from exc
     last: Exception | None = None
     for attempt in range(1, retries + 1):
         try:
@@ -178,13 +196,7 @@ def fetch_json(url: str, *, retries: int = 3, timeout: float = 60, backoff: floa
         except (requests.ConnectionError, requests.Timeout, _Transient) as exc:
             last = exc
             if attempt < retries:
-                time.sleep(backoff * 2 ** (attempt - 1))
+                wait = backoff * 2 ** (attempt - 1)
+                log.warning("%s: %s (attempt %d/%d); retrying in %.1fs", url, exc, attempt, retries, wait)
+                time.sleep(wait)
     raise ScfmDownloadError(f"{url}: giving up after {retries} attempt(s): {last}")
-
-
-def copy_verified(src: str | Path, dest: str | Path) -> dict[str, Any]:
-    """Copy a local file atomically (used for local mirrors); returns the same record as download."""
-    with atomic_path(dest) as tmp:
-        shutil.copyfile(src, tmp)
-    return {"url": Path(src).resolve().as_uri(), "path": str(dest),
-            "size": Path(dest).stat().st_size, "sha256": hash_file(dest)}

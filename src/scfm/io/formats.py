@@ -36,8 +36,12 @@ def guess_format(path: Path, declared: str = "auto") -> str:
         return "10x_h5"
     if name.endswith((".mtx", ".mtx.gz")) or path.is_dir():
         return "mtx"
-    raise ScfmInputError(path, "format", "cannot tell the format from the file name",
-                         "a name ending in .h5ad, .h5 or .mtx[.gz], or an explicit `format`")
+    raise ScfmInputError(
+        path,
+        "format",
+        "cannot tell the format from the file name",
+        "a name ending in .h5ad, .h5 or .mtx[.gz], or an explicit `format`",
+    )
 
 
 def is_integer_counts(block: sp.csr_matrix) -> bool:
@@ -51,8 +55,10 @@ def is_integer_counts(block: sp.csr_matrix) -> bool:
 
 
 class H5adCounts:
-    """Counts inside an h5ad: ``X``, ``raw.X`` or ``layers/<name>``; ``auto`` picks the first
-    of X / raw.X / layers['counts'] whose first chunk holds integer counts."""
+    """Counts inside an h5ad: ``X``, ``raw.X`` or ``layers/<name>``.
+
+    ``auto`` picks the first of X / raw.X / layers['counts'] whose first chunk holds integer counts.
+    """
 
     def __init__(self, path: str | Path, counts: str = "auto", *, probe_cells: int = 2000) -> None:
         self.path = Path(path)
@@ -63,9 +69,12 @@ class H5adCounts:
         self.var = read_dataframe(self.path, var_group)
         self.var.index = self.var.index.astype(str)
         if self._reader.shape[1] != len(self.var):
-            raise ScfmInputError(self.path, self._reader.key,
-                                 f"has {self._reader.shape[1]} columns but {var_group} has {len(self.var)} rows",
-                                 "one var row per matrix column")
+            raise ScfmInputError(
+                self.path,
+                self._reader.key,
+                f"has {self._reader.shape[1]} columns but {var_group} has {len(self.var)} rows",
+                "one var row per matrix column",
+            )
         with h5py.File(self.path, "r") as f:
             obs = f["obs"]
             self.obs_names = pd.Index(np.asarray(f["obs"][obs.attrs["_index"]][...]).astype(str))
@@ -88,7 +97,8 @@ class H5adCounts:
                 return field
             found.append(field)
         raise ScfmInputError(
-            self.path, "/".join(found) or "X",
+            self.path,
+            "/".join(found) or "X",
             "holds no raw integer counts (values are non-integer, negative or not finite)",
             "raw integer counts in X, raw.X or layers['counts'] (log-normalised data cannot be "
             "turned back into counts), or set `counts:` to the field that holds them",
@@ -138,8 +148,12 @@ class TenxH5Counts:
             self._data, self._indices = m["data"], m["indices"]
             self.obs_names = pd.Index(m["barcodes"][...].astype(str))
         except (OSError, KeyError) as exc:
-            raise ScfmInputError(self.path, "matrix", f"not a 10x HDF5 matrix ({exc})",
-                                 "a Cell Ranger v3 .h5 with matrix/{data,indices,indptr,barcodes,features}") from exc
+            raise ScfmInputError(
+                self.path,
+                "matrix",
+                f"not a 10x HDF5 matrix ({exc})",
+                "a Cell Ranger v3 .h5 with matrix/{data,indices,indptr,barcodes,features}",
+            ) from exc
         keep = np.ones(len(ids), bool) if ftype is None else ftype == "Gene Expression"
         self._keep = np.flatnonzero(keep)
         self.var = pd.DataFrame({"gene_symbol_10x": names[keep]}, index=pd.Index(ids[keep]))
@@ -150,8 +164,12 @@ class TenxH5Counts:
     def read_obs(self, columns: Sequence[str]) -> pd.DataFrame:
         """10x files carry no cell metadata; any requested column is missing."""
         if columns:
-            raise ScfmInputError(self.path, f"obs/{columns[0]}", "10x HDF5 files carry no cell metadata",
-                                 "obs_map/obs_keep to name no columns for this dataset")
+            raise ScfmInputError(
+                self.path,
+                f"obs/{columns[0]}",
+                "10x HDF5 files carry no cell metadata",
+                "obs_map/obs_keep to name no columns for this dataset",
+            )
         return pd.DataFrame(index=self.obs_names)
 
     def iter_chunks(self, chunk_cells: int) -> Iterator[tuple[int, sp.csr_matrix]]:
@@ -160,7 +178,7 @@ class TenxH5Counts:
             stop = min(start + chunk_cells, self.n_obs)
             lo, hi = int(self._indptr[start]), int(self._indptr[stop])
             block = sp.csr_matrix(
-                (self._data[lo:hi], self._indices[lo:hi], self._indptr[start:stop + 1] - lo),
+                (self._data[lo:hi], self._indices[lo:hi], self._indptr[start : stop + 1] - lo),
                 shape=(stop - start, self._n_features),
             )
             yield start, block[:, self._keep] if len(self._keep) < self._n_features else block
@@ -188,11 +206,17 @@ class MtxCounts:
         try:
             adata = sc.read_10x_mtx(directory, var_names="gene_ids", gex_only=True)
         except (OSError, ValueError, IndexError) as exc:
-            raise ScfmInputError(directory, "matrix.mtx", f"cannot be read ({exc})",
-                                 "a 10x directory with matrix.mtx[.gz], features.tsv[.gz], barcodes.tsv[.gz]") from exc
+            raise ScfmInputError(
+                directory,
+                "matrix.mtx",
+                f"cannot be read ({exc})",
+                "a 10x directory with matrix.mtx[.gz], features.tsv[.gz], barcodes.tsv[.gz]",
+            ) from exc
         self._X = sp.csr_matrix(adata.X)
-        self.var = pd.DataFrame({"gene_symbol_10x": adata.var["gene_symbols"].astype(str).values},
-                                index=adata.var_names.astype(str))
+        self.var = pd.DataFrame(
+            {"gene_symbol_10x": adata.var["gene_symbols"].astype(str).values},
+            index=adata.var_names.astype(str),
+        )
         self.obs_names = adata.obs_names.astype(str)
         self.n_obs = adata.n_obs
         self.obs_columns: list[str] = []
@@ -202,18 +226,22 @@ class MtxCounts:
     def iter_chunks(self, chunk_cells: int) -> Iterator[tuple[int, sp.csr_matrix]]:
         """Yield ``(start_row, CSR block)``."""
         for start in range(0, self.n_obs, chunk_cells):
-            yield start, self._X[start:start + chunk_cells]
+            yield start, self._X[start : start + chunk_cells]
 
     def close(self) -> None:
         """Nothing to close."""
 
 
-def open_counts(path: str | Path, fmt: str, *, counts: str = "auto") -> H5adCounts | TenxH5Counts | MtxCounts:
+def open_counts(
+    path: str | Path, fmt: str, *, counts: str = "auto"
+) -> H5adCounts | TenxH5Counts | MtxCounts:
     """Open a count matrix of format ``fmt`` (``h5ad``, ``10x_h5``, ``mtx``)."""
     if fmt == "h5ad":
         return H5adCounts(path, counts)
     if counts not in ("auto", "X"):
-        raise ScfmInputError(path, "counts", f"{counts!r} applies to h5ad only", "auto for this format")
+        raise ScfmInputError(
+            path, "counts", f"{counts!r} applies to h5ad only", "auto for this format"
+        )
     if fmt == "10x_h5":
         return TenxH5Counts(path)
     if fmt == "mtx":

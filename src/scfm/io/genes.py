@@ -58,18 +58,27 @@ def _gtf_genes(path: Path) -> Iterator[dict[str, Any]]:
                 continue
             fields = line.rstrip("\n").split("\t")
             if len(fields) != 9:
-                raise ScfmInputError(path, f"line {lineno}", f"has {len(fields)} tab-separated fields",
-                                     "9 GTF columns")
+                raise ScfmInputError(
+                    path,
+                    f"line {lineno}",
+                    f"has {len(fields)} tab-separated fields",
+                    "9 GTF columns",
+                )
             if fields[2] != "gene":
                 continue
             attrs = dict(attr.findall(fields[8]))
             if "gene_id" not in attrs:
-                raise ScfmInputError(path, f"line {lineno}", "gene line without gene_id", "a gene_id attribute")
+                raise ScfmInputError(
+                    path, f"line {lineno}", "gene line without gene_id", "a gene_id attribute"
+                )
             yield {
                 "gene_id": strip_version([attrs["gene_id"]])[0],
                 "gene_symbol": attrs.get("gene_name", attrs["gene_id"]),
-                "chrom": fields[0], "start": int(fields[3]), "end": int(fields[4]),
-                "strand": fields[6], "gene_type": attrs.get("gene_type", attrs.get("gene_biotype", "")),
+                "chrom": fields[0],
+                "start": int(fields[3]),
+                "end": int(fields[4]),
+                "strand": fields[6],
+                "gene_type": attrs.get("gene_type", attrs.get("gene_biotype", "")),
             }
 
 
@@ -82,15 +91,24 @@ def read_gene_source(path: str | Path, fmt: str = "auto") -> pd.DataFrame:
         table = pd.DataFrame(list(_gtf_genes(path)), columns=TABLE_COLUMNS)
     else:
         raw = pd.read_csv(path, header=None, dtype=str, usecols=[0, 1])
-        table = pd.DataFrame({"gene_id": strip_version(raw[0].values), "gene_symbol": raw[1].values})
+        table = pd.DataFrame(
+            {"gene_id": strip_version(raw[0].values), "gene_symbol": raw[1].values}
+        )
         for col in TABLE_COLUMNS[2:]:
             table[col] = pd.NA
     if table.empty:
-        raise ScfmInputError(path, "genes", "no genes found", "gene lines (GTF) or id,symbol rows (CSV)")
+        raise ScfmInputError(
+            path, "genes", "no genes found", "gene lines (GTF) or id,symbol rows (CSV)"
+        )
     bad = ~table["gene_id"].map(lambda g: bool(ENSEMBL_RE.match(str(g))))
     if bad.mean() > 0.5:
-        raise ScfmInputError(path, "gene_id", f"{bad.sum()} of {len(table)} IDs are not Ensembl IDs "
-                             f"(e.g. {table.loc[bad, 'gene_id'].iloc[0]!r})", "Ensembl gene IDs")
+        raise ScfmInputError(
+            path,
+            "gene_id",
+            f"{bad.sum()} of {len(table)} IDs are not Ensembl IDs "
+            f"(e.g. {table.loc[bad, 'gene_id'].iloc[0]!r})",
+            "Ensembl gene IDs",
+        )
     return table.drop_duplicates("gene_id").reset_index(drop=True)
 
 
@@ -102,10 +120,16 @@ def resolve_gene_source(spec: dict[str, Any]) -> Path:
     try:
         res = importlib.resources.files(package).joinpath(inner)
     except ModuleNotFoundError as exc:
-        raise ScfmInputError(spec["package"], "package", f"package {package!r} is not installed",
-                             "an installed Python package shipping the file") from exc
+        raise ScfmInputError(
+            spec["package"],
+            "package",
+            f"package {package!r} is not installed",
+            "an installed Python package shipping the file",
+        ) from exc
     if not res.is_file():
-        raise ScfmInputError(spec["package"], "package", "no such file in the package", "an existing file")
+        raise ScfmInputError(
+            spec["package"], "package", "no such file in the package", "an existing file"
+        )
     return Path(str(res))
 
 
@@ -144,18 +168,30 @@ def map_genes(
     """
     where = f"{field}/{id_column}" if id_column else f"{field}/_index"
     if id_column is not None and id_column not in var.columns:
-        raise ScfmInputError(path, f"{field}/{id_column}", "column not found",
-                             f"one of {list(var.columns)} (genes.id_column)")
+        raise ScfmInputError(
+            path,
+            f"{field}/{id_column}",
+            "column not found",
+            f"one of {list(var.columns)} (genes.id_column)",
+        )
     if symbol_column is not None and symbol_column not in var.columns:
-        raise ScfmInputError(path, f"{field}/{symbol_column}", "column not found",
-                             f"one of {list(var.columns)} (genes.symbol_column)")
+        raise ScfmInputError(
+            path,
+            f"{field}/{symbol_column}",
+            "column not found",
+            f"one of {list(var.columns)} (genes.symbol_column)",
+        )
     ids = (var[id_column] if id_column else var.index.to_series()).astype(str).to_numpy()
     if len(ids) == 0:
         raise ScfmInputError(path, where, "no genes", "at least one gene")
     empty = np.flatnonzero((ids == "") | (ids == "nan"))
     if empty.size:
-        raise ScfmInputError(path, where, f"{empty.size} empty gene identifier(s), first at column {empty[0]}",
-                             "a gene ID or symbol for every column")
+        raise ScfmInputError(
+            path,
+            where,
+            f"{empty.size} empty gene identifier(s), first at column {empty[0]}",
+            "a gene ID or symbol for every column",
+        )
     if id_type == "auto":
         id_type = "ensembl" if looks_like_ensembl(ids) else "symbol"
     symbols = var[symbol_column].astype(str).to_numpy() if symbol_column else None
@@ -168,10 +204,20 @@ def map_genes(
             symbols = np.asarray([lookup.get(g, g) for g in gene_ids], dtype=object)
     elif id_type == "symbol":
         if gene_table is None:
-            raise ScfmInputError(path, where, "gene symbols but no gene table to map them",
-                                 "references.<organism>.genes in the config")
-        gene_ids, keep, report = _map_symbols(ids, gene_table, path=path, where=where,
-                                              max_unmapped_fraction=max_unmapped_fraction, report=report)
+            raise ScfmInputError(
+                path,
+                where,
+                "gene symbols but no gene table to map them",
+                "references.<organism>.genes in the config",
+            )
+        gene_ids, keep, report = _map_symbols(
+            ids,
+            gene_table,
+            path=path,
+            where=where,
+            max_unmapped_fraction=max_unmapped_fraction,
+            report=report,
+        )
         symbols = ids[keep]
     else:  # as_is
         gene_ids = ids
@@ -180,21 +226,36 @@ def map_genes(
     dup = pd.Index(gene_ids).duplicated(keep=False)
     if dup.any():
         examples = sorted(set(np.asarray(gene_ids)[dup]))[:5]
-        raise ScfmInputError(path, where, f"{len(set(np.asarray(gene_ids)[dup]))} duplicated gene ID(s), "
-                             f"e.g. {examples}", "one column per gene (merge or drop duplicates upstream)")
-    new_var = pd.DataFrame({"gene_symbol": np.asarray(symbols, dtype=str)},
-                           index=pd.Index(np.asarray(gene_ids, dtype=str), name="gene_id"))
+        raise ScfmInputError(
+            path,
+            where,
+            f"{len(set(np.asarray(gene_ids)[dup]))} duplicated gene ID(s), e.g. {examples}",
+            "one column per gene (merge or drop duplicates upstream)",
+        )
+    new_var = pd.DataFrame(
+        {"gene_symbol": np.asarray(symbols, dtype=str)},
+        index=pd.Index(np.asarray(gene_ids, dtype=str), name="gene_id"),
+    )
     report["n_kept"] = len(new_var)
     return keep, new_var, report
 
 
 def _map_symbols(
-    symbols: np.ndarray, table: pd.DataFrame, *, path: str | Path, where: str,
-    max_unmapped_fraction: float, report: dict[str, Any],
+    symbols: np.ndarray,
+    table: pd.DataFrame,
+    *,
+    path: str | Path,
+    where: str,
+    max_unmapped_fraction: float,
+    report: dict[str, Any],
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     # First ID per symbol in table order; GENCODE lists the primary-assembly gene first.
     exact = table.drop_duplicates("gene_symbol").set_index("gene_symbol")["gene_id"]
-    upper = table.assign(u=table["gene_symbol"].str.upper()).drop_duplicates("u").set_index("u")["gene_id"]
+    upper = (
+        table.assign(u=table["gene_symbol"].str.upper())
+        .drop_duplicates("u")
+        .set_index("u")["gene_id"]
+    )
     mapped = pd.Series(symbols).map(exact)
     fallback = pd.Series(symbols).str.upper().map(upper)
     mapped = mapped.fillna(fallback)
@@ -204,13 +265,19 @@ def _map_symbols(
     report.update(n_unmapped=int((~ok).sum()), unmapped_examples=list(map(str, unmapped[:20])))
     if frac > max_unmapped_fraction:
         raise ScfmInputError(
-            path, where, f"{(~ok).sum()} of {len(symbols)} symbols ({frac:.0%}) map to no gene ID, "
+            path,
+            where,
+            f"{(~ok).sum()} of {len(symbols)} symbols ({frac:.0%}) map to no gene ID, "
             f"e.g. {list(map(str, unmapped[:5]))}",
             f"at most {max_unmapped_fraction:.0%} unmapped (genes.max_unmapped_fraction); wrong "
             "organism or gene table?",
         )
     if unmapped.size:
-        log.warning("%s: dropping %d gene(s) whose symbol maps to no gene ID, e.g. %s",
-                    path, unmapped.size, list(unmapped[:5]))
+        log.warning(
+            "%s: dropping %d gene(s) whose symbol maps to no gene ID, e.g. %s",
+            path,
+            unmapped.size,
+            list(unmapped[:5]),
+        )
     keep = np.flatnonzero(ok)
     return mapped[ok].to_numpy(dtype=str), keep, report

@@ -53,7 +53,9 @@ def read_dataframe(
             missing = [c for c in columns if c not in present]
             if missing:
                 raise ScfmInputError(
-                    path, f"{group}/{missing[0]}", "column not found",
+                    path,
+                    f"{group}/{missing[0]}",
+                    "column not found",
                     f"one of the columns {present}",
                 )
             data = {c: ad.io.read_elem(g[c]) for c in columns}
@@ -61,7 +63,9 @@ def read_dataframe(
         except ScfmInputError:
             raise
         except Exception as exc:  # corrupt element: name it rather than surface an h5py trace
-            raise ScfmInputError(path, group, f"cannot be read ({exc})", "a valid h5ad dataframe") from exc
+            raise ScfmInputError(
+                path, group, f"cannot be read ({exc})", "a valid h5ad dataframe"
+            ) from exc
 
 
 class MatrixReader:
@@ -88,7 +92,9 @@ class MatrixReader:
                 self.layout = "dense"
         except Exception as exc:
             self._f.close()
-            raise ScfmInputError(self.path, key, f"cannot be read ({exc})", "a CSR/CSC or dense matrix") from exc
+            raise ScfmInputError(
+                self.path, key, f"cannot be read ({exc})", "a CSR/CSC or dense matrix"
+            ) from exc
         self._node = node
 
     @property
@@ -99,13 +105,13 @@ class MatrixReader:
     def read_rows(self, start: int, stop: int) -> sp.csr_matrix:
         """Rows ``start:stop`` as CSR; errors name the file and HDF5 path."""
         try:
-            if self._sparse is not None:
-                block = self._sparse[start:stop]
-            else:
-                block = self._node[start:stop]
+            node = self._sparse if self._sparse is not None else self._node
+            block = node[start:stop]
         except Exception as exc:
             raise ScfmInputError(
-                self.path, self.key, f"rows {start}:{stop} cannot be read ({exc})",
+                self.path,
+                self.key,
+                f"rows {start}:{stop} cannot be read ({exc})",
                 "a complete, uncorrupted file",
             ) from exc
         return sp.csr_matrix(block)
@@ -160,26 +166,38 @@ class CsrH5adWriter:
         if comp == "gzip":
             kw["compression_opts"] = 4
         self._f = h5py.File(self.path, "w")
+        try:
+            self._create(obs, var, uns or {}, dtype, kw)
+        except BaseException:
+            self._f.close()
+            raise
+        self._dtype = np.dtype(dtype)
+
+    def _create(
+        self, obs: pd.DataFrame, var: pd.DataFrame, uns: dict[str, Any], dtype: Any, kw: dict[str, Any]
+    ) -> None:
         f = self._f
         f.attrs["encoding-type"] = "anndata"
         f.attrs["encoding-version"] = "0.1.0"
         ad.io.write_elem(f, "obs", obs)
         ad.io.write_elem(f, "var", var)
-        ad.io.write_elem(f, "uns", uns or {})
+        ad.io.write_elem(f, "uns", uns)
         for empty in ("obsm", "varm", "obsp", "varp", "layers"):
             ad.io.write_elem(f, empty, {})
         g = f.create_group("X")
         g.attrs["encoding-type"] = "csr_matrix"
         g.attrs["encoding-version"] = "0.1.0"
         g.attrs["shape"] = np.array([self.n_obs, self.n_vars], dtype=np.int64)
-        self._data = g.create_dataset("data", shape=(0,), maxshape=(None,), dtype=dtype,
-                                      chunks=(_H5_CHUNK,), **kw)
-        self._indices = g.create_dataset("indices", shape=(0,), maxshape=(None,),
-                                         dtype=np.int32, chunks=(_H5_CHUNK,), **kw)
-        self._indptr = g.create_dataset("indptr", shape=(1,), maxshape=(None,), dtype=np.int64,
-                                        chunks=(_H5_CHUNK,), **kw)
+        self._data = g.create_dataset(
+            "data", shape=(0,), maxshape=(None,), dtype=dtype, chunks=(_H5_CHUNK,), **kw
+        )
+        self._indices = g.create_dataset(
+            "indices", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(_H5_CHUNK,), **kw
+        )
+        self._indptr = g.create_dataset(
+            "indptr", shape=(1,), maxshape=(None,), dtype=np.int64, chunks=(_H5_CHUNK,), **kw
+        )
         self._indptr[0] = 0
-        self._dtype = np.dtype(dtype)
 
     def append(self, block: sp.csr_matrix) -> None:
         """Append rows; ``block`` must have ``n_vars`` columns."""
@@ -190,13 +208,15 @@ class CsrH5adWriter:
         block = sp.csr_matrix(block)
         block.sort_indices()
         nnz = block.nnz
-        for ds, values in ((self._data, block.data.astype(self._dtype, copy=False)),
-                           (self._indices, block.indices.astype(np.int32, copy=False))):
+        for ds, values in (
+            (self._data, block.data.astype(self._dtype, copy=False)),
+            (self._indices, block.indices.astype(np.int32, copy=False)),
+        ):
             ds.resize((self._nnz + nnz,))
-            ds[self._nnz:] = values
+            ds[self._nnz :] = values
         n = block.shape[0]
         self._indptr.resize((self._rows + n + 1,))
-        self._indptr[self._rows + 1:] = block.indptr[1:].astype(np.int64) + self._nnz
+        self._indptr[self._rows + 1 :] = block.indptr[1:].astype(np.int64) + self._nnz
         self._rows += n
         self._nnz += nnz
 

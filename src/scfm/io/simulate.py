@@ -60,13 +60,17 @@ def simulate_counts(params: SimulationParams | None = None, **kwargs: object) ->
     # types of one lineage are closer to each other than to other lineages.
     base = rng.normal(-1.0, 1.2, p.n_genes)
     lineage_fx = {lin: _programme(rng, p.n_genes, 0.06, 1.2) for lin in HIERARCHY}
-    type_fx = np.stack([lineage_fx[lin] + _programme(rng, p.n_genes, 0.04, 1.5) for lin, _ in types])
+    type_fx = np.stack(
+        [lineage_fx[lin] + _programme(rng, p.n_genes, 0.04, 1.5) for lin, _ in types]
+    )
     batch_fx = rng.normal(0.0, p.batch_effect, (p.n_batches, p.n_genes))
 
     type_idx = rng.choice(n_types, size=p.n_cells, p=_proportions(rng, n_types))
     batch_idx = rng.integers(0, p.n_batches, p.n_cells)
     donor_idx = batch_idx * p.donors_per_batch + rng.integers(0, p.donors_per_batch, p.n_cells)
-    lib = rng.lognormal(np.log(2500) + 0.3 * (batch_idx - (p.n_batches - 1) / 2) * (p.batch_effect > 0), 0.4)
+    lib = rng.lognormal(
+        np.log(2500) + 0.3 * (batch_idx - (p.n_batches - 1) / 2) * (p.batch_effect > 0), 0.4
+    )
 
     logits = base[None, :] + type_fx[type_idx] + batch_fx[batch_idx]
     mito = np.arange(p.n_mito)
@@ -77,7 +81,9 @@ def simulate_counts(params: SimulationParams | None = None, **kwargs: object) ->
     shape = 1.0 / p.dispersion
     counts = rng.poisson(rng.gamma(shape, mu / shape)).astype(np.int32)
 
-    symbols = [f"MT-SIM{i + 1}" for i in mito] + [f"SIMG{i:05d}" for i in range(p.n_mito, p.n_genes)]
+    symbols = [f"MT-SIM{i + 1}" for i in mito] + [
+        f"SIMG{i:05d}" for i in range(p.n_mito, p.n_genes)
+    ]
     obs = pd.DataFrame(
         {
             "cell_type": pd.Categorical([types[i][1] for i in type_idx]),
@@ -89,7 +95,10 @@ def simulate_counts(params: SimulationParams | None = None, **kwargs: object) ->
     )
     var = pd.DataFrame({"gene_symbol": symbols}, index=pd.Index(symbols))
     adata = ad.AnnData(sp.csr_matrix(counts), obs=obs, var=var)
-    adata.uns["simulation"] = {**p.__dict__, "hierarchy": {k: list(v) for k, v in HIERARCHY.items()}}
+    adata.uns["simulation"] = {
+        **p.__dict__,
+        "hierarchy": {k: list(v) for k, v in HIERARCHY.items()},
+    }
     return adata
 
 

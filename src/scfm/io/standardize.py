@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
@@ -47,7 +48,13 @@ def settings_with_defaults(cfg: dict[str, Any], defaults: dict[str, Any]) -> dic
 
 
 def check_counts(
-    block: sp.csr_matrix, *, path: Path, field: str, row0: int, obs_names: pd.Index, var_names: pd.Index
+    block: sp.csr_matrix,
+    *,
+    path: Path,
+    field: str,
+    row0: int,
+    obs_names: pd.Index,
+    var_names: pd.Index,
 ) -> None:
     """Raise naming the cell and gene if ``block`` holds anything but finite integer counts >= 0."""
     d = block.data
@@ -65,14 +72,20 @@ def check_counts(
             row = int(np.searchsorted(block.indptr, k, side="right") - 1)
             col = int(block.indices[k])
             raise ScfmInputError(
-                path, field,
-                f"{what} {d[k]!r} at cell {obs_names[row0 + row]!r} (row {row0 + row}), gene {var_names[col]!r}",
+                path,
+                field,
+                f"{what} {d[k]!r} at cell {obs_names[row0 + row]!r} (row {row0 + row}), "
+                f"gene {var_names[col]!r}",
                 "raw integer counts >= 0 (normalised or corrupted data cannot be used as counts)",
             )
 
 
 def _harmonise_obs(
-    src_obs: pd.DataFrame, *, dataset: str, obs_map: dict[str, str], obs_values: dict[str, str],
+    src_obs: pd.DataFrame,
+    *,
+    dataset: str,
+    obs_map: dict[str, str],
+    obs_values: dict[str, str],
     obs_keep: list[str],
 ) -> pd.DataFrame:
     obs = pd.DataFrame(index=src_obs.index)
@@ -94,14 +107,20 @@ def _harmonise_obs(
     return obs
 
 
-def _source_obs(reader: Any, columns: list[str], obs_table: pd.DataFrame | None, *, path: Path) -> tuple[pd.DataFrame, np.ndarray]:
+def _source_obs(
+    reader: Any, columns: list[str], obs_table: pd.DataFrame | None, *, path: Path
+) -> tuple[pd.DataFrame, np.ndarray]:
     """Requested obs columns for one matrix and the mask of cells that have metadata."""
     in_file = [c for c in columns if obs_table is None or c not in obs_table.columns]
     missing = [c for c in in_file if c not in reader.obs_columns]
     if missing:
         where = " or the obs table" if obs_table is not None else ""
-        raise ScfmInputError(path, f"obs/{missing[0]}", "column named in obs_map/obs_keep not found",
-                             f"one of the obs columns{where}: {sorted(reader.obs_columns)}")
+        raise ScfmInputError(
+            path,
+            f"obs/{missing[0]}",
+            "column named in obs_map/obs_keep not found",
+            f"one of the obs columns{where}: {sorted(reader.obs_columns)}",
+        )
     obs = reader.read_obs(in_file) if in_file else pd.DataFrame(index=reader.obs_names)
     obs.index = reader.obs_names
     mask = np.ones(len(obs), bool)
@@ -147,22 +166,37 @@ def standardize(
     man = read_manifest(manifest)
     settings = settings_with_defaults(cfg, man.get("defaults") or {})
     table = read_gene_table(gene_table) if gene_table else None
+    columns = list(dict.fromkeys([*settings["obs_map"].values(), *settings["obs_keep"]]))
     obs_table = None
     if man.get("obs_table"):
-        obs_table = pd.read_parquet(man["obs_table"]["path"])
-        obs_table = obs_table.set_index(obs_table[man["obs_table"]["key"]].astype(str))
-    columns = list(dict.fromkeys([*settings["obs_map"].values(), *settings["obs_keep"]]))
+        # Only the key and the columns this config uses: an atlas' full table is several GB.
+        key = man["obs_table"]["key"]
+        available = set(pq.read_schema(man["obs_table"]["path"]).names)
+        wanted = [key, *[c for c in columns if c in available and c != key]]
+        obs_table = pd.read_parquet(man["obs_table"]["path"], columns=wanted)
+        obs_table = obs_table.set_index(obs_table.pop(key).astype(str))
 
-    readers = [open_counts(m["path"], man["format"], counts=cfg.get("counts", "auto"))
-               for m in man["matrices"]]
+    readers = [
+        open_counts(m["path"], man["format"], counts=cfg.get("counts", "auto"))
+        for m in man["matrices"]
+    ]
     try:
         first = readers[0]
         for r in readers[1:]:
             if not r.var.index.equals(first.var.index):
-                raise ScfmInputError(r.path, "var", "genes differ from the first matrix "
-                                     f"{first.path}", "the same genes in every matrix of a dataset")
-        keep, var, gene_report = map_genes(first.var, path=first.path, field="raw/var" if first.field == "raw" else "var",
-                                           gene_table=table, **settings["genes"])
+                raise ScfmInputError(
+                    r.path,
+                    "var",
+                    f"genes differ from the first matrix {first.path}",
+                    "the same genes in every matrix of a dataset",
+                )
+        keep, var, gene_report = map_genes(
+            first.var,
+            path=first.path,
+            field="raw/var" if first.field == "raw" else "var",
+            gene_table=table,
+            **settings["genes"],
+        )
         obs_parts, masks = [], []
         for r in readers:
             o, mask = _source_obs(r, columns, obs_table, path=r.path)
@@ -171,14 +205,25 @@ def standardize(
         src_obs = pd.concat(obs_parts) if len(obs_parts) > 1 else obs_parts[0]
         n_no_meta = int(sum((~m).sum() for m in masks))
         if n_no_meta:
-            log.warning("%s: %d cell(s) have no row in the obs table and are dropped", dataset, n_no_meta)
-        obs = _harmonise_obs(src_obs, dataset=dataset, obs_map=settings["obs_map"],
-                             obs_values=cfg.get("obs_values", {}), obs_keep=settings["obs_keep"])
+            log.warning(
+                "%s: %d cell(s) have no row in the obs table and are dropped", dataset, n_no_meta
+            )
+        obs = _harmonise_obs(
+            src_obs,
+            dataset=dataset,
+            obs_map=settings["obs_map"],
+            obs_values=cfg.get("obs_values", {}),
+            obs_keep=settings["obs_keep"],
+        )
         if obs.index.has_duplicates:
             obs.index = pd.Index(_unique(obs.index))
         if len(obs) == 0 or len(var) == 0:
-            raise ScfmInputError(first.path, "X", f"empty matrix ({len(obs)} cells x {len(var)} genes)",
-                                 "at least one cell and one gene")
+            raise ScfmInputError(
+                first.path,
+                "X",
+                f"empty matrix ({len(obs)} cells x {len(var)} genes)",
+                "at least one cell and one gene",
+            )
         prov = {
             "stage": "standardize",
             "dataset": dataset,
@@ -191,10 +236,23 @@ def standardize(
             "cells_without_metadata": n_no_meta,
             "config": cfg,
             "source_info": man.get("source_info", {}),
-            "versions": {"scfm": __version__, **{p: version(p) for p in ("anndata", "numpy", "scipy", "h5py")}},
+            "versions": {
+                "scfm": __version__,
+                **{p: version(p) for p in ("anndata", "numpy", "scipy", "h5py")},
+            },
         }
         uns = {"scfm": {"standardize": json.dumps(prov, default=str)}}
-        _stream(readers, masks, keep, var, obs, uns, out, chunk_cells=chunk_cells, compression=compression)
+        _stream(
+            readers,
+            masks,
+            keep,
+            var,
+            obs,
+            uns,
+            out,
+            chunk_cells=chunk_cells,
+            compression=compression,
+        )
     finally:
         for r in readers:
             r.close()
@@ -212,19 +270,36 @@ def _unique(index: pd.Index) -> list[str]:
     return out
 
 
-def _stream(readers: list[Any], masks: list[np.ndarray], keep: np.ndarray, var: pd.DataFrame,
-            obs: pd.DataFrame, uns: dict[str, Any], out: str | Path, *, chunk_cells: int,
-            compression: str) -> None:
+def _stream(
+    readers: list[Any],
+    masks: list[np.ndarray],
+    keep: np.ndarray,
+    var: pd.DataFrame,
+    obs: pd.DataFrame,
+    uns: dict[str, Any],
+    out: str | Path,
+    *,
+    chunk_cells: int,
+    compression: str,
+) -> None:
     all_cols = all(len(keep) == r.var.shape[0] for r in readers[:1])
     bar = tqdm(total=len(obs), unit="cells", desc="standardize", disable=not sys.stderr.isatty())
-    with atomic_path(out, suffix=".tmp.h5ad") as tmp, \
-            CsrH5adWriter(tmp, obs=obs, var=var, uns=uns, compression=compression) as writer:
+    with (
+        atomic_path(out, suffix=".tmp.h5ad") as tmp,
+        CsrH5adWriter(tmp, obs=obs, var=var, uns=uns, compression=compression) as writer,
+    ):
         for reader, mask in zip(readers, masks, strict=True):
             src_vars = reader.var.index
             for row0, block in reader.iter_chunks(chunk_cells):
-                check_counts(block, path=reader.path, field=reader.field, row0=row0,
-                             obs_names=reader.obs_names, var_names=src_vars)
-                sel = mask[row0:row0 + block.shape[0]]
+                check_counts(
+                    block,
+                    path=reader.path,
+                    field=reader.field,
+                    row0=row0,
+                    obs_names=reader.obs_names,
+                    var_names=src_vars,
+                )
+                sel = mask[row0 : row0 + block.shape[0]]
                 if not sel.all():
                     block = block[sel]
                 if not all_cols:

@@ -8,28 +8,50 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from scfm.atomic import atomic_path  # noqa: E402
+from scfm.atomic import atomic_path
 
 
-def plot_qc(metrics: pd.DataFrame, keep: np.ndarray, params: dict[str, Any], out: str | Path, *, title: str) -> None:
+def plot_qc(
+    metrics: pd.DataFrame, keep: np.ndarray, params: dict[str, Any], out: str | Path, *, title: str
+) -> None:
     """Histograms of counts, genes and % mito (kept vs removed) and counts-vs-genes scatter."""
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
     panels = [
-        ("total_counts", "total counts per cell", params.get("min_counts"), params.get("max_counts"), True),
-        ("n_genes_by_counts", "genes detected per cell", params.get("min_genes"), params.get("max_genes"), True),
+        (
+            "total_counts",
+            "total counts per cell",
+            params.get("min_counts"),
+            params.get("max_counts"),
+            True,
+        ),
+        (
+            "n_genes_by_counts",
+            "genes detected per cell",
+            params.get("min_genes"),
+            params.get("max_genes"),
+            True,
+        ),
         ("pct_counts_mt", "% counts mitochondrial", None, params.get("max_pct_mito"), False),
     ]
     for ax, (col, label, lo, hi, logx) in zip(axes[:3], panels, strict=False):
         v = metrics[col].to_numpy(dtype=float)
         pos = v[v > 0] if logx else v
-        bins = (np.logspace(np.log10(max(pos.min(), 1)), np.log10(max(pos.max(), 2)), 50)
-                if logx and pos.size else 50)
-        ax.hist([v[keep], v[~keep]], bins=bins, stacked=True, color=["#3b75af", "#d62728"],
-                label=[f"kept ({keep.sum()})", f"removed ({(~keep).sum()})"])
+        bins = (
+            np.logspace(np.log10(max(pos.min(), 1)), np.log10(max(pos.max(), 2)), 50)
+            if logx and pos.size
+            else 50
+        )
+        ax.hist(
+            [v[keep], v[~keep]],
+            bins=bins,
+            stacked=True,
+            color=["#3b75af", "#d62728"],
+            label=[f"kept ({keep.sum()})", f"removed ({(~keep).sum()})"],
+        )
         for t in (lo, hi):
             if t is not None:
                 ax.axvline(t, color="k", ls="--", lw=1)
@@ -39,10 +61,23 @@ def plot_qc(metrics: pd.DataFrame, keep: np.ndarray, params: dict[str, Any], out
         ax.set_ylabel("cells")
     axes[0].legend(frameon=False, fontsize=8)
     ax = axes[3]
-    sc = ax.scatter(metrics["total_counts"], metrics["n_genes_by_counts"], c=metrics["pct_counts_mt"],
-                    s=3, cmap="viridis", rasterized=True)
-    ax.scatter(metrics.loc[~keep, "total_counts"], metrics.loc[~keep, "n_genes_by_counts"], s=6,
-               facecolors="none", edgecolors="#d62728", lw=0.5, label="removed")
+    sc = ax.scatter(
+        metrics["total_counts"],
+        metrics["n_genes_by_counts"],
+        c=metrics["pct_counts_mt"],
+        s=3,
+        cmap="viridis",
+        rasterized=True,
+    )
+    ax.scatter(
+        metrics.loc[~keep, "total_counts"],
+        metrics.loc[~keep, "n_genes_by_counts"],
+        s=6,
+        facecolors="none",
+        edgecolors="#d62728",
+        lw=0.5,
+        label="removed",
+    )
     for t in (params.get("min_counts"), params.get("max_counts")):
         if t is not None:
             ax.axvline(t, color="k", ls="--", lw=1)

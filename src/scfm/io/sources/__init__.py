@@ -46,7 +46,9 @@ def fetch_dataset(
 
     source = cfg["source"]
     if source not in SOURCES:
-        raise ValueError(f"datasets.{name}.source: unknown source {source!r}; expected one of {sorted(SOURCES)}")
+        raise ValueError(
+            f"datasets.{name}.source: unknown source {source!r}; expected one of {sorted(SOURCES)}"
+        )
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     module = importlib.import_module(f"scfm.io.sources.{SOURCES[source]}")

@@ -89,8 +89,9 @@ def fetch(name: str, cfg: dict[str, Any], outdir: Path, *, chunk_cells: int) -> 
     manifest = fetch_json(manifest_url, **net)
     _check_version(manifest, manifest_url, release)
     # Keep the release manifest beside the data: it records which file versions were used.
-    write_text_atomic(outdir / "releases" / release / "manifest.json",
-                      json.dumps(manifest, indent=2))
+    write_text_atomic(
+        outdir / "releases" / release / "manifest.json", json.dumps(manifest, indent=2)
+    )
 
     entries = [_matrix_entry(manifest, manifest_url, cfg, label) for label in cfg["matrices"]]
     meta_entry = _metadata_entry(manifest, manifest_url, cfg["metadata_directory"], "cell_metadata")
@@ -115,8 +116,9 @@ def fetch(name: str, cfg: dict[str, Any], outdir: Path, *, chunk_cells: int) -> 
             "manifest_url": manifest_url,
             "manifest_version": manifest.get("version"),
             "directory": cfg["directory"],
-            "matrices": [_describe(label, e)
-                         for label, e in zip(cfg["matrices"], entries, strict=True)],
+            "matrices": [
+                _describe(label, e) for label, e in zip(cfg["matrices"], entries, strict=True)
+            ],
             "cell_metadata": _describe("cell_metadata", meta_entry),
             "taxonomy": _describe(PIVOT, pivot_entry),
             "n_metadata_rows": stats["n_rows"],
@@ -142,13 +144,16 @@ def _directory(manifest: dict[str, Any], url: str, directory: str, kind: str) ->
     listing = manifest["file_listing"]
     if directory not in listing:
         raise ScfmInputError(
-            url, f"file_listing.{directory}",
+            url,
+            f"file_listing.{directory}",
             f"release {manifest.get('version', '?')} has no directory {directory!r}",
             f"one of {sorted(listing)}",
         )
     if kind not in listing[directory]:
         raise ScfmInputError(
-            url, f"file_listing.{directory}.{kind}", "missing",
+            url,
+            f"file_listing.{directory}.{kind}",
+            "missing",
             f"one of {sorted(listing[directory])}",
         )
     return listing[directory][kind]
@@ -163,7 +168,8 @@ def _matrix_entry(
     field = f"file_listing.{directory}.expression_matrices.{label}"
     if label not in matrices:
         raise ScfmInputError(
-            url, field,
+            url,
+            field,
             f"release {cfg['release']}, directory {directory}: no feature matrix {label!r}",
             f"one of {sorted(matrices)}",
         )
@@ -171,7 +177,9 @@ def _matrix_entry(
         return _leaf(matrices[label]["raw"], "h5ad")
     except (KeyError, TypeError) as exc:
         raise ScfmInputError(
-            url, f"{field}.raw.files.h5ad", "missing",
+            url,
+            f"{field}.raw.files.h5ad",
+            "missing",
             f"a raw-count h5ad entry (found variants {sorted(matrices[label])})",
         ) from exc
 
@@ -185,7 +193,9 @@ def _metadata_entry(
         return _leaf(tables[table], "csv")
     except (KeyError, TypeError) as exc:
         raise ScfmInputError(
-            url, f"file_listing.{directory}.metadata.{table}.files.csv", "missing",
+            url,
+            f"file_listing.{directory}.metadata.{table}.files.csv",
+            "missing",
             f"one of the tables {sorted(tables)}",
         ) from exc
 
@@ -199,9 +209,13 @@ def _leaf(node: dict[str, Any], ext: str) -> dict[str, Any]:
 
 
 def _describe(label: str, entry: dict[str, Any]) -> dict[str, Any]:
-    return {"label": label, "version": entry.get("version"),
-            "relative_path": entry["relative_path"], "size": entry["size"],
-            "md5": entry["file_hash"]}
+    return {
+        "label": label,
+        "version": entry.get("version"),
+        "relative_path": entry["relative_path"],
+        "size": entry["size"],
+        "md5": entry["file_hash"],
+    }
 
 
 # --------------------------------------------------------------------------- downloads
@@ -230,8 +244,12 @@ def _safe_relative(relative_path: str) -> PurePosixPath:
     """Reject manifest paths that would write outside ``outdir``."""
     rel = PurePosixPath(relative_path)
     if rel.is_absolute() or ".." in rel.parts or not rel.parts:
-        raise ScfmInputError(relative_path, "relative_path", "is not a plain relative path",
-                             "a path inside the bucket such as metadata/WMB-10X/.../x.csv")
+        raise ScfmInputError(
+            relative_path,
+            "relative_path",
+            "is not a plain relative path",
+            "a path inside the bucket such as metadata/WMB-10X/.../x.csv",
+        )
     return rel
 
 
@@ -239,8 +257,12 @@ def _safe_relative(relative_path: str) -> PurePosixPath:
 
 
 def write_obs_table(
-    metadata_csv: Path, pivot_csv: Path, matrices: list[str], out: Path,
-    *, chunk_rows: int | None = None,
+    metadata_csv: Path,
+    pivot_csv: Path,
+    matrices: list[str],
+    out: Path,
+    *,
+    chunk_rows: int | None = None,
 ) -> dict[str, Any]:
     """Stream ``metadata_csv``, keep the cells of ``matrices``, join the taxonomy, write Parquet.
 
@@ -274,8 +296,12 @@ def write_obs_table(
     taxonomy = [c for c in pivot.columns if c not in header]
     schema = _schema(header, taxonomy)
     wanted = set(matrices)
-    stats: dict[str, Any] = {"n_rows": 0, "n_cells": 0, "per_matrix": dict.fromkeys(matrices, 0),
-                             "columns": list(schema.names)}
+    stats: dict[str, Any] = {
+        "n_rows": 0,
+        "n_cells": 0,
+        "per_matrix": dict.fromkeys(matrices, 0),
+        "columns": list(schema.names),
+    }
     unmatched = 0
     log.info("streaming %s (cells of %s)", metadata_csv, ", ".join(matrices))
     with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
@@ -292,7 +318,9 @@ def write_obs_table(
             writer.write_table(pa.Table.from_pandas(joined, schema=schema, preserve_index=False))
         if stats["n_cells"] == 0:
             raise ScfmInputError(
-                metadata_csv, label_col, f"no row belongs to the matrices {matrices}",
+                metadata_csv,
+                label_col,
+                f"no row belongs to the matrices {matrices}",
                 f"rows whose {label_col} is one of them",
             )
     _report(metadata_csv, stats, unmatched)
@@ -303,20 +331,26 @@ def _report(metadata_csv: Path, stats: dict[str, Any], unmatched: int) -> None:
     # A matrix without metadata, or cells without a taxonomy, would silently become "unknown".
     for label, n in stats["per_matrix"].items():
         if n == 0:
-            log.warning("%s has no rows for matrix %s: its cells will lack annotations",
-                        metadata_csv, label)
+            log.warning(
+                "%s has no rows for matrix %s: its cells will lack annotations", metadata_csv, label
+            )
     if unmatched:
         log.warning("%d cells have a cluster_alias absent from the taxonomy", unmatched)
-    log.info("kept %d of %d metadata rows (%s)", stats["n_cells"], stats["n_rows"],
-             ", ".join(f"{k}: {v}" for k, v in stats["per_matrix"].items()))
+    log.info(
+        "kept %d of %d metadata rows (%s)",
+        stats["n_cells"],
+        stats["n_rows"],
+        ", ".join(f"{k}: {v}" for k, v in stats["per_matrix"].items()),
+    )
 
 
 def _read_header(path: Path) -> list[str]:
     header = list(pd.read_csv(path, nrows=0).columns)
     for col in (KEY, ALIAS):
         if col not in header:
-            raise ScfmInputError(path, col, "column missing",
-                                 f"an ABC cell_metadata table; found {header}")
+            raise ScfmInputError(
+                path, col, "column missing", f"an ABC cell_metadata table; found {header}"
+            )
     return header
 
 
@@ -324,8 +358,12 @@ def _label_column(path: Path, header: list[str]) -> str:
     for col in MATRIX_LABEL_COLUMNS:
         if col in header:
             return col
-    raise ScfmInputError(path, " or ".join(MATRIX_LABEL_COLUMNS), "column missing",
-                         f"an ABC cell_metadata table; found {header}")
+    raise ScfmInputError(
+        path,
+        " or ".join(MATRIX_LABEL_COLUMNS),
+        "column missing",
+        f"an ABC cell_metadata table; found {header}",
+    )
 
 
 def read_pivot(path: Path) -> pd.DataFrame:
@@ -334,12 +372,17 @@ def read_pivot(path: Path) -> pd.DataFrame:
     pivot = pd.read_csv(path, dtype=str, keep_default_na=False)
     missing = [c for c in (ALIAS, *TAXONOMY_REQUIRED) if c not in pivot.columns]
     if missing:
-        raise ScfmInputError(path, missing[0], "column missing",
-                             f"a taxonomy pivot with {[ALIAS, *TAXONOMY_REQUIRED]}")
+        raise ScfmInputError(
+            path,
+            missing[0],
+            "column missing",
+            f"a taxonomy pivot with {[ALIAS, *TAXONOMY_REQUIRED]}",
+        )
     dup = pivot[ALIAS][pivot[ALIAS].duplicated()]
     if not dup.empty:
-        raise ScfmInputError(path, ALIAS, f"duplicated values, e.g. {dup.iloc[0]!r}",
-                             "one row per cluster")
+        raise ScfmInputError(
+            path, ALIAS, f"duplicated values, e.g. {dup.iloc[0]!r}", "one row per cluster"
+        )
     return pivot.set_index(ALIAS)
 
 

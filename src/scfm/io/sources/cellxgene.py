@@ -23,8 +23,12 @@ DEFAULT_API_URL = "https://api.cellxgene.cziscience.com"
 # CELLxGENE schema conventions: raw counts, Ensembl ids in the var index, symbols in
 # feature_name, and the harmonised ontology labels in obs.
 DEFAULTS = {
-    "obs_map": {"cell_type": "cell_type", "donor": "donor_id", "tissue": "tissue",
-                "assay": "assay"},
+    "obs_map": {
+        "cell_type": "cell_type",
+        "donor": "donor_id",
+        "tissue": "tissue",
+        "assay": "assay",
+    },
     "obs_keep": ["disease", "sex", "development_stage", "cell_type_ontology_term_id"],
     "genes": {"id_type": "ensembl", "symbol_column": "feature_name"},
 }
@@ -71,10 +75,20 @@ def _fetch_url(name: str, cfg: dict[str, Any], outdir: Path) -> dict[str, Any]:
     filename = Path(unquote(urlparse(url).path)).name
     if not filename.endswith(".h5ad"):
         filename = f"{name}.h5ad"
-    record = download(url, outdir / filename, size=cfg.get("size"), sha256=cfg.get("sha256"),
-                      retries=cfg.get("retries", 3), timeout=cfg.get("timeout", 60))
-    return {"format": "h5ad", "matrices": [record], "defaults": DEFAULTS,
-            "source_info": {"url": url}}
+    record = download(
+        url,
+        outdir / filename,
+        size=cfg.get("size"),
+        sha256=cfg.get("sha256"),
+        retries=cfg.get("retries", 3),
+        timeout=cfg.get("timeout", 60),
+    )
+    return {
+        "format": "h5ad",
+        "matrices": [record],
+        "defaults": DEFAULTS,
+        "source_info": {"url": url},
+    }
 
 
 def _fetch_dataset_id(name: str, cfg: dict[str, Any], outdir: Path) -> dict[str, Any]:
@@ -89,12 +103,23 @@ def _fetch_dataset_id(name: str, cfg: dict[str, Any], outdir: Path) -> dict[str,
     url, filesize = _h5ad_asset(name, dataset_id, version)
     # A size given in the config wins; the API's filesize is -1 when unknown.
     size = cfg.get("size") or (filesize if filesize and filesize > 0 else None)
-    log.info("dataset %s: CELLxGENE %s version %s (%r) -> %s", name, dataset_id, version_id,
-             version.get("title"), url)
+    log.info(
+        "dataset %s: CELLxGENE %s version %s (%r) -> %s",
+        name,
+        dataset_id,
+        version_id,
+        version.get("title"),
+        url,
+    )
     try:
-        record = download(url, outdir / f"{version_id}.h5ad", size=size,
-                          sha256=cfg.get("sha256"), retries=cfg.get("retries", 3),
-                          timeout=cfg.get("timeout", 60))
+        record = download(
+            url,
+            outdir / f"{version_id}.h5ad",
+            size=size,
+            sha256=cfg.get("sha256"),
+            retries=cfg.get("retries", 3),
+            timeout=cfg.get("timeout", 60),
+        )
     except ScfmDownloadError as exc:
         raise ScfmDownloadError(
             f"datasets.{name}: CELLxGENE dataset {dataset_id} version {version_id}: {exc}"
@@ -103,10 +128,13 @@ def _fetch_dataset_id(name: str, cfg: dict[str, Any], outdir: Path) -> dict[str,
         "format": "h5ad",
         "matrices": [record],
         "defaults": DEFAULTS,
-        "source_info": {"dataset_id": dataset_id, "dataset_version_id": version_id,
-                        "title": version.get("title"),
-                        "collection_id": version.get("collection_id"),
-                        "api_url": cfg.get("api_url") or DEFAULT_API_URL},
+        "source_info": {
+            "dataset_id": dataset_id,
+            "dataset_version_id": version_id,
+            "title": version.get("title"),
+            "collection_id": version.get("collection_id"),
+            "api_url": cfg.get("api_url") or DEFAULT_API_URL,
+        },
     }
 
 
@@ -144,8 +172,10 @@ def latest_version(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
         )
     newest = versions[0]  # the API lists versions newest first
     if not isinstance(newest, dict):
-        raise ValueError(f"datasets.{name}: {url}: versions[0] is {type(newest).__name__}; "
-                         "expected a dataset version object")
+        raise ValueError(
+            f"datasets.{name}: {url}: versions[0] is {type(newest).__name__}; "
+            "expected a dataset version object"
+        )
     got_id = newest.get("dataset_id")
     if got_id is not None and got_id != dataset_id:
         raise ValueError(f"datasets.{name}: {url} returned dataset {got_id}; expected {dataset_id}")

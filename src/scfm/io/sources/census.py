@@ -36,14 +36,29 @@ ORGANISMS = {
 # obs columns carried into the h5ad (those the Census has); the rest of the ~30 Census obs
 # columns are left behind to keep the file and the obs read small.
 OBS_COLUMNS = (
-    "soma_joinid", "dataset_id", "assay", "cell_type", "cell_type_ontology_term_id", "tissue",
-    "tissue_general", "disease", "donor_id", "sex", "development_stage", "suspension_type",
+    "soma_joinid",
+    "dataset_id",
+    "assay",
+    "cell_type",
+    "cell_type_ontology_term_id",
+    "tissue",
+    "tissue_general",
+    "disease",
+    "donor_id",
+    "sex",
+    "development_stage",
+    "suspension_type",
     "is_primary_data",
 )
 
 DEFAULTS = {
-    "obs_map": {"cell_type": "cell_type", "donor": "donor_id", "tissue": "tissue",
-                "assay": "assay", "batch": "dataset_id"},
+    "obs_map": {
+        "cell_type": "cell_type",
+        "donor": "donor_id",
+        "tissue": "tissue",
+        "assay": "assay",
+        "batch": "dataset_id",
+    },
     "obs_keep": ["disease", "sex", "development_stage", "cell_type_ontology_term_id"],
     "genes": {"id_type": "ensembl", "symbol_column": "feature_name"},
 }
@@ -105,8 +120,13 @@ def fetch(name: str, cfg: dict[str, Any], outdir: Path, *, chunk_cells: int) -> 
     dest = Path(outdir) / OUTPUT_NAME
     with _open_census(version, uri) as census:
         exp = _experiment(census, exp_name, name)
-        log.info("dataset %s: querying Census %s (%s) with filter %s",
-                 name, version, uri or "public release", filt)
+        log.info(
+            "dataset %s: querying Census %s (%s) with filter %s",
+            name,
+            version,
+            uri or "public release",
+            filt,
+        )
         obs = _query_obs(exp, filt, name)
         if obs.empty:
             raise ValueError(
@@ -114,19 +134,31 @@ def fetch(name: str, cfg: dict[str, Any], outdir: Path, *, chunk_cells: int) -> 
                 f"{filt!r}; expected at least one (check obs_filter values and quoting)"
             )
         var, var_joinids = _read_var(exp)
-        log.info("dataset %s: %d cells x %d genes; fetching in chunks of %d",
-                 name, len(obs), len(var), chunk_cells)
+        log.info(
+            "dataset %s: %d cells x %d genes; fetching in chunks of %d",
+            name,
+            len(obs),
+            len(var),
+            chunk_cells,
+        )
         with atomic_path(dest) as tmp:
             _write_counts(census, label, obs, var, var_joinids, tmp, chunk_cells=chunk_cells)
     size = dest.stat().st_size
     log.info("dataset %s: wrote %s (%d bytes)", name, dest, size)
     return {
         "format": "h5ad",
-        "matrices": [{"path": str(dest), "url": uri or f"census:{version}",
-                      "sha256": None, "size": size}],
+        "matrices": [
+            {"path": str(dest), "url": uri or f"census:{version}", "sha256": None, "size": size}
+        ],
         "defaults": DEFAULTS,
-        "source_info": {"census_version": version, "census_uri": uri, "organism": label,
-                        "value_filter": filt, "n_cells": len(obs), "n_genes": len(var)},
+        "source_info": {
+            "census_version": version,
+            "census_uri": uri,
+            "organism": label,
+            "value_filter": filt,
+            "n_cells": len(obs),
+            "n_genes": len(var),
+        },
     }
 
 
@@ -197,17 +229,28 @@ def _read_var(exp: Any) -> tuple[pd.DataFrame, np.ndarray]:
 
 def _chunks(joinids: np.ndarray, size: int) -> Iterator[np.ndarray]:
     for start in range(0, len(joinids), size):
-        yield joinids[start:start + size]
+        yield joinids[start : start + size]
 
 
 def _write_counts(
-    census: tiledbsoma.Collection, label: str, obs: pd.DataFrame, var: pd.DataFrame,
-    var_joinids: np.ndarray, path: Path, *, chunk_cells: int,
+    census: tiledbsoma.Collection,
+    label: str,
+    obs: pd.DataFrame,
+    var: pd.DataFrame,
+    var_joinids: np.ndarray,
+    path: Path,
+    *,
+    chunk_cells: int,
 ) -> None:
     """Fetch X["raw"] for ``obs`` chunk by chunk and stream it into a CSR h5ad at ``path``."""
     joinids = obs["soma_joinid"].to_numpy(dtype=np.int64)
-    bar = tqdm(total=len(joinids), unit="cells", desc="census",
-               disable=not sys.stderr.isatty(), leave=False)
+    bar = tqdm(
+        total=len(joinids),
+        unit="cells",
+        desc="census",
+        disable=not sys.stderr.isatty(),
+        leave=False,
+    )
     with bar, CsrH5adWriter(path, obs=obs, var=var, dtype=np.float32) as writer:
         for chunk in _chunks(joinids, chunk_cells):
             writer.append(_fetch_chunk(census, label, chunk, var_joinids))
@@ -223,8 +266,12 @@ def _fetch_chunk(
         # anndata notes that it turns the integer joinid index into strings; harmless here.
         warnings.filterwarnings("ignore", message="Transforming to str index")
         adata = cellxgene_census.get_anndata(
-            census, label, X_name="raw", obs_coords=chunk,
-            obs_column_names=["soma_joinid"], var_column_names=["soma_joinid"],
+            census,
+            label,
+            X_name="raw",
+            obs_coords=chunk,
+            obs_column_names=["soma_joinid"],
+            var_column_names=["soma_joinid"],
         )
     # get_anndata returns cells in soma_joinid order whatever the coords order; anything else
     # (a missing cell, a different gene axis) would silently misalign counts and metadata.

@@ -23,7 +23,7 @@ from scfm.io.simulate import SimulationParams, simulate_counts
 
 
 def pbmc68k_counts() -> ad.AnnData:
-    """scanpy's pbmc68k_reduced with its integer counts recovered (see module docstring)."""
+    """Scanpy's pbmc68k_reduced with its integer counts recovered (see module docstring)."""
     import scanpy as sc
 
     src = sc.datasets.pbmc68k_reduced()
@@ -33,8 +33,13 @@ def pbmc68k_counts() -> ad.AnnData:
     residual = float(np.abs(approx - counts).max())
     if residual > 0.25:  # the recovery is exact up to storage rounding; anything else is a bug
         raise RuntimeError(f"pbmc68k count recovery is off by {residual:.2f}; scanpy data changed?")
-    obs = pd.DataFrame({"bulk_labels": src.obs["bulk_labels"].astype(str).values,
-                        "phase": src.obs["phase"].astype(str).values}, index=src.obs_names)
+    obs = pd.DataFrame(
+        {
+            "bulk_labels": src.obs["bulk_labels"].astype(str).values,
+            "phase": src.obs["phase"].astype(str).values,
+        },
+        index=src.obs_names,
+    )
     var = pd.DataFrame(index=src.raw.var_names.astype(str))
     adata = ad.AnnData(sp.csr_matrix(counts.astype(np.int32)), obs=obs, var=var)
     adata.uns["recovery_max_residual"] = residual
@@ -45,19 +50,32 @@ def fetch(name: str, cfg: dict[str, Any], outdir: Path, *, chunk_cells: int) -> 
     """Write the embedded dataset to ``outdir/<demo>.h5ad``; see :mod:`scfm.io.sources`."""
     if cfg["demo"] == "pbmc68k":
         adata = pbmc68k_counts()
-        defaults = {"obs_map": {"cell_type": "bulk_labels"}, "obs_keep": ["phase"],
-                    "genes": {"id_type": "symbol"}}
-        info = {"origin": "scanpy.datasets.pbmc68k_reduced (10x Genomics PBMC 68k subset)",
-                "recovery_max_residual": adata.uns["recovery_max_residual"]}
+        defaults = {
+            "obs_map": {"cell_type": "bulk_labels"},
+            "obs_keep": ["phase"],
+            "genes": {"id_type": "symbol"},
+        }
+        info = {
+            "origin": "scanpy.datasets.pbmc68k_reduced (10x Genomics PBMC 68k subset)",
+            "recovery_max_residual": adata.uns["recovery_max_residual"],
+        }
     else:
         params = SimulationParams(**cfg.get("simulation", {}))
         adata = simulate_counts(params)
         del adata.uns["simulation"]["hierarchy"]
-        defaults = {"obs_map": {"cell_type": "cell_type", "batch": "batch", "donor": "donor"},
-                    "obs_keep": ["lineage"], "genes": {"id_type": "as_is", "symbol_column": "gene_symbol"}}
+        defaults = {
+            "obs_map": {"cell_type": "cell_type", "batch": "batch", "donor": "donor"},
+            "obs_keep": ["lineage"],
+            "genes": {"id_type": "as_is", "symbol_column": "gene_symbol"},
+        }
         info = {"origin": "scfm.io.simulate", "params": params.__dict__}
     path = outdir / f"{cfg['demo']}.h5ad"
     with atomic_path(path, suffix=".tmp.h5ad") as tmp:
         adata.write_h5ad(tmp)
-    record = {"path": str(path), "url": None, "size": path.stat().st_size, "sha256": hash_file(path)}
+    record = {
+        "path": str(path),
+        "url": None,
+        "size": path.stat().st_size,
+        "sha256": hash_file(path),
+    }
     return {"format": "h5ad", "matrices": [record], "defaults": defaults, "source_info": info}

@@ -16,16 +16,30 @@ def fetch(name: str, cfg: dict[str, Any], outdir: Path, *, chunk_cells: int) -> 
     if cfg["source"] == "local":
         path = Path(cfg["path"]).expanduser().resolve()
         if not path.exists():
-            raise ScfmInputError(path, f"datasets.{name}.path", "does not exist",
-                                 "an existing h5ad, 10x h5 or Matrix Market file")
+            raise ScfmInputError(
+                path,
+                f"datasets.{name}.path",
+                "does not exist",
+                "an existing h5ad, 10x h5 or Matrix Market file",
+            )
         fmt = guess_format(path, cfg.get("format", "auto"))
         # Matrix Market comes as a 10x directory; hash the matrix file itself.
-        record = {"path": str(path), "url": None, "size": path.stat().st_size,
-                  "sha256": hash_file(path) if path.is_file() else None}
+        record = {
+            "path": str(path),
+            "url": None,
+            "size": path.stat().st_size,
+            "sha256": hash_file(path) if path.is_file() else None,
+        }
         return {"format": fmt, "matrices": [record], "source_info": {"path": str(path)}}
     url = cfg["url"]
     filename = Path(unquote(urlparse(url).path)).name or f"{name}.h5ad"
     fmt = guess_format(Path(filename), cfg.get("format", "auto"))
-    record = download(url, outdir / filename, sha256=cfg.get("sha256"), size=cfg.get("size"),
-                      retries=cfg.get("retries", 3), timeout=cfg.get("timeout", 60))
+    record = download(
+        url,
+        outdir / filename,
+        sha256=cfg.get("sha256"),
+        size=cfg.get("size"),
+        retries=cfg.get("retries", 3),
+        timeout=cfg.get("timeout", 60),
+    )
     return {"format": fmt, "matrices": [record], "source_info": {"url": url}}

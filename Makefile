@@ -1,0 +1,35 @@
+# The two commands: `make demo` runs the demo pipeline end to end, `make test` runs the tests.
+# Both set up .venv on first use (pinned versions from constraints.txt) and skip that later.
+
+VENV    ?= .venv
+PYTHON  ?= python3
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.scfm-installed
+PROFILE ?= profiles/local
+
+.PHONY: demo test lint constraints clean-demo
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/snakemake --profile $(PROFILE)
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src scripts tests benchmarks
+	$(BIN)/snakefmt --check Snakefile workflow/rules
+	$(BIN)/snakemake --lint --profile $(PROFILE)
+
+# Re-pin every dependency after editing pyproject.toml (torch stays on the local CPU build).
+constraints: $(STAMP)
+	{ sed -n '1,3p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable \
+	  | sed 's/^torch==\(.*\)+cpu/torch==\1/'; } > constraints.txt.new && mv constraints.txt.new constraints.txt
+
+clean-demo:
+	rm -rf results resources logs .snakemake
