@@ -20,3 +20,11 @@ def setup_logging(logfile: str | Path | None = None, *, level: int = logging.INF
         root.addHandler(h)
     root.setLevel(level)
     logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+
+
+def _log_uncaught(exc_type, exc, tb) -> None:
+    # The job's error goes into its log file (Snakemake points the user there), not only stderr.
+    logging.getLogger("scfm").critical(
+        "%s: %s", exc_type.__name__, exc, exc_info=(exc_type, exc, tb)
+    )

@@ -89,7 +89,9 @@ def download(
             last = exc
             if attempt < retries:
                 wait = backoff * 2 ** (attempt - 1)
-                log.warning("%s: %s (attempt %d/%d); retrying in %.1fs", url, exc, attempt, retries, wait)
+                log.warning(
+                    "%s: %s (try %d of %d); retry in %.1fs", url, exc, attempt, retries, wait
+                )
                 time.sleep(wait)
     raise ScfmDownloadError(f"{url}: giving up after {retries} attempt(s): {last}")
 
@@ -197,6 +199,8 @@ def fetch_json(url: str, *, retries: int = 3, timeout: float = 60, backoff: floa
             last = exc
             if attempt < retries:
                 wait = backoff * 2 ** (attempt - 1)
-                log.warning("%s: %s (attempt %d/%d); retrying in %.1fs", url, exc, attempt, retries, wait)
+                log.warning(
+                    "%s: %s (try %d of %d); retry in %.1fs", url, exc, attempt, retries, wait
+                )
                 time.sleep(wait)
     raise ScfmDownloadError(f"{url}: giving up after {retries} attempt(s): {last}")

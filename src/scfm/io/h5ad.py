@@ -174,7 +174,12 @@ class CsrH5adWriter:
         self._dtype = np.dtype(dtype)
 
     def _create(
-        self, obs: pd.DataFrame, var: pd.DataFrame, uns: dict[str, Any], dtype: Any, kw: dict[str, Any]
+        self,
+        obs: pd.DataFrame,
+        var: pd.DataFrame,
+        uns: dict[str, Any],
+        dtype: Any,
+        kw: dict[str, Any],
     ) -> None:
         f = self._f
         f.attrs["encoding-type"] = "anndata"

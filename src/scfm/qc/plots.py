@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import NullFormatter
 
 from scfm.atomic import atomic_path
 
@@ -57,6 +58,7 @@ def plot_qc(
                 ax.axvline(t, color="k", ls="--", lw=1)
         if logx:
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(label)
         ax.set_ylabel("cells")
     axes[0].legend(frameon=False, fontsize=8)
@@ -86,6 +88,8 @@ def plot_qc(
             ax.axhline(t, color="k", ls="--", lw=1)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("total counts")
     ax.set_ylabel("genes detected")
     fig.colorbar(sc, ax=ax, label="% mito")

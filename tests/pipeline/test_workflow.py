@@ -1,0 +1,175 @@
+"""The real Snakemake DAG on tiny data: end to end, reruns, bad config, profiles, linters."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import anndata as ad
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+
+SMALL_CONFIG = {
+    "datasets": {
+        "pbmc_demo": {
+            "source": "demo",
+            "demo": "pbmc68k",
+            "obs_map": {"cell_type": "bulk_labels"},
+            "genes": {"id_type": "symbol"},
+            "qc": {"min_genes": 50, "min_counts": 200},
+        },
+        "sim_demo": {
+            "source": "demo",
+            "demo": "simulated",
+            "simulation": {"n_cells": 400, "n_genes": 500},
+            "qc": {"min_genes": 50, "max_pct_mito": 50},
+        },
+    },
+    "references": {
+        "human": {
+            "genes": {
+                "package": "celltypist/data/samples/GENCODEv44_Gene_id2name.csv",
+                "format": "csv",
+            }
+        }
+    },
+    "qc": {"rna": {"doublets": "none"}},
+}
+
+
+def snakemake(workdir: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "snakemake"), *args],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=600,
+    )
+
+
+def copy_workflow(dst: Path, config: dict) -> Path:
+    """A copy of the workflow with its own config, as a lab would have it."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for item in ("Snakefile", "workflow", "scripts", "envs", "profiles", "config"):
+        src = REPO / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dst / item)
+    (dst / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return copy_workflow(tmp_path_factory.mktemp("wf"), SMALL_CONFIG)
+
+
+@pytest.fixture(scope="module")
+def demo_run(workdir) -> subprocess.CompletedProcess:
+    return snakemake(workdir, "--profile", "profiles/local", "--cores", "2")
+
+
+def test_demo_runs_end_to_end(workdir, demo_run):
+    assert demo_run.returncode == 0, demo_run.stderr[-3000:]
+    for name in ("pbmc_demo", "sim_demo"):
+        adata = ad.read_h5ad(workdir / "results" / "qc" / f"{name}.h5ad")
+        assert adata.n_obs > 0.9 * {"pbmc_demo": 700, "sim_demo": 400}[name]
+        assert adata.var_names.name == "gene_id"
+        assert {"cell_type", "batch", "donor", "tissue", "assay", "dataset"} <= set(adata.obs)
+        metrics = pd.read_csv(workdir / "results" / "qc" / f"{name}.metrics.tsv", sep="\t")
+        assert metrics.iloc[-1]["reason"] == "min_cells_per_gene"
+        assert (workdir / "results" / "qc" / f"{name}.qc.png").stat().st_size > 10_000
+        for rule in ("download", "standardize", "qc"):
+            log = workdir / "logs" / rule / f"{name}.log"
+            assert log.exists() and log.stat().st_size > 0, log
+    pbmc = ad.read_h5ad(workdir / "results" / "qc" / "pbmc_demo.h5ad")
+    assert pbmc.var_names[0].startswith("ENSG")  # symbols were mapped through the gene table
+    assert set(pbmc.obs["cell_type"]) >= {"CD14+ Monocyte", "CD19+ B"}
+
+
+def test_second_run_does_nothing(workdir, demo_run):
+    again = snakemake(workdir, "--profile", "profiles/local", "--cores", "2")
+    assert again.returncode == 0
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_rerun_one_output_runs_only_its_rule(workdir, demo_run):
+    res = snakemake(
+        workdir,
+        "--profile",
+        "profiles/local",
+        "--cores",
+        "1",
+        "-f",
+        "results/qc/sim_demo.metrics.tsv",
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = res.stdout + res.stderr
+    assert "rule qc:" in out or "localrule qc:" in out
+    assert "rule standardize:" not in out and "rule download:" not in out
+
+
+def test_report_renders_qc_figures(workdir, demo_run):
+    res = snakemake(workdir, "--profile", "profiles/local", "--report", "report.html")
+    assert res.returncode == 0, res.stderr[-2000:]
+    html = (workdir / "report.html").read_text()
+    assert "sim_demo.qc.png" in html and "pbmc_demo.qc.png" in html
+
+
+def test_bad_config_stops_before_any_job(tmp_path):
+    bad = copy.deepcopy(SMALL_CONFIG)
+    bad["datasets"]["sim_demo"]["simulaton"] = bad["datasets"]["sim_demo"].pop("simulation")
+    bad["datasets"]["pbmc_demo"]["source"] = "zenodo"
+    d = copy_workflow(tmp_path / "bad", bad)
+    res = snakemake(d, "--profile", "profiles/local", "--cores", "1")
+    assert res.returncode != 0
+    err = res.stdout + res.stderr
+    assert "datasets.sim_demo.simulaton: unknown key (did you mean 'simulation'?)" in err
+    assert "datasets.pbmc_demo.source: 'zenodo' is not allowed" in err
+    assert not (d / "results").exists() and not (d / "resources").exists()
+
+
+def test_slurm_profile_dry_run_without_slurm(workdir):
+    res = snakemake(
+        workdir,
+        "--profile",
+        "profiles/slurm",
+        "-n",
+        "-F",
+        env={"SCFM_SLURM_ACCOUNT": "mylab", "SCFM_SLURM_PARTITION": "short"},
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = res.stdout + res.stderr
+    assert "slurm_account=mylab" in out and "slurm_partition=short" in out
+    assert "runtime=720" in out  # set-resources for the download rule
+    assert "mem_mb=32000" in out  # qc
+
+
+def test_snakemake_lint_and_snakefmt_are_clean():
+    lint = snakemake(REPO, "--lint", "--profile", "profiles/local")
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    fmt = subprocess.run(
+        [str(BIN / "snakefmt"), "--check", "Snakefile", "workflow/rules"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+def test_ruff_is_clean():
+    res = subprocess.run(
+        [str(BIN / "ruff"), "check", "src", "scripts", "tests", "benchmarks"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stdout[-3000:]

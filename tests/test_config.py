@@ -1,0 +1,140 @@
+"""Config schema: defaults, and errors that name the key path and what was expected."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from scfm.config import load_config, validate_config
+from scfm.errors import ScfmConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = {"source": "demo", "demo": "pbmc68k"}
+
+
+def errors_of(config: dict) -> list[str]:
+    with pytest.raises(ScfmConfigError) as info:
+        validate_config(config)
+    return info.value.problems
+
+
+def test_shipped_config_is_valid_and_gets_defaults():
+    cfg = load_config(REPO / "config" / "config.yaml")
+    pbmc = cfg["datasets"]["pbmc_demo"]
+    assert pbmc["counts"] == "auto"
+    assert pbmc["genes"]["id_type"] == "symbol"
+    assert cfg["qc"]["rna"]["min_cells_per_gene"] == 3
+    assert cfg["io"]["chunk_cells"] == 20000
+    assert set(cfg) >= {"datasets", "qc", "corpora", "tokenizers", "models", "runs", "benchmarks"}
+
+
+def test_defaults_do_not_mutate_input_and_fill_source_branch_only():
+    raw = {
+        "datasets": {"a": dict(DEMO), "b": {"source": "url", "url": "https://x/y.h5ad", "size": 3}}
+    }
+    before = copy.deepcopy(raw)
+    cfg = validate_config(raw)
+    assert raw == before
+    assert cfg["datasets"]["b"]["retries"] == 3 and cfg["datasets"]["b"]["format"] == "auto"
+    # keys of other sources' branches are not filled in
+    assert "retries" not in cfg["datasets"]["a"] and "census_uri" not in cfg["datasets"]["b"]
+    assert cfg["datasets"]["a"]["simulation"]["seed"] == 0
+
+
+def test_dataset_qc_override_has_no_defaults():
+    cfg = validate_config({"datasets": {"a": {**DEMO, "qc": {"min_genes": 5}}}})
+    assert cfg["datasets"]["a"]["qc"] == {"min_genes": 5}
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        (
+            {"datasets": {"a": {"sourc": "demo"}}},
+            "datasets.a.sourc: unknown key (did you mean 'source'?)",
+        ),
+        ({"datasets": {"a": DEMO}, "corpra": {}}, "corpra: unknown key (did you mean 'corpora'?)"),
+        (
+            {"datasets": {"a": {"source": "zenodo"}}},
+            "datasets.a.source: 'zenodo' is not allowed; expected one of: cellxgene_census",
+        ),
+        ({"datasets": {"a": {**DEMO, "path": "/x"}}}, "datasets.a.path: unknown key"),
+        ({"datasets": {"a b": DEMO}}, "datasets: invalid name 'a b'"),
+        ({"datasets": {"a/b": DEMO}}, "invalid name 'a/b'"),
+        (
+            {"datasets": {"a": {**DEMO, "obs_map": {"celltype": "x"}}}},
+            "datasets.a.obs_map: invalid key 'celltype'; expected one of: cell_type",
+        ),
+        (
+            {"datasets": {"a": DEMO}, "qc": {"rna": {"min_genes": "200"}}},
+            "qc.rna.min_genes: '200' is not of type 'integer'",
+        ),
+        (
+            {"datasets": {"a": {**DEMO, "qc": {"max_pct_mito": 120}}}},
+            "datasets.a.qc.max_pct_mito: 120 is greater than the maximum of 100",
+        ),
+        (
+            {"datasets": {"a": {"source": "url", "url": "https://x/y.h5ad"}}},
+            "datasets.a: needs one of: ['sha256'] or ['size']",
+        ),
+        (
+            {"datasets": {"a": {"source": "url", "url": "ftp://x/y", "size": 1}}},
+            "datasets.a.url: 'ftp://x/y' does not match",
+        ),
+        ({"datasets": {"a": {"source": "local"}}}, "datasets.a: 'path' is a required property"),
+        (
+            {
+                "datasets": {
+                    "a": {
+                        "source": "cellxgene_census",
+                        "census_version": "stable",
+                        "obs_filter": "x",
+                    }
+                }
+            },
+            "datasets.a.census_version: 'stable' does not match",
+        ),
+        (
+            {"datasets": {"a": {"source": "cellxgene_dataset"}}},
+            "needs exactly the keys of one of: ['dataset_id'] or ['url']",
+        ),
+        (
+            {
+                "datasets": {
+                    "a": {"source": "allen_abc", "release": "20231215", "directory": "WMB-10Xv3"}
+                }
+            },
+            "datasets.a: 'matrices' is a required property",
+        ),
+        ({"datasets": {}}, "datasets: {} should be non-empty"),
+        (
+            {"datasets": {"a": {**DEMO, "genes": {"id_type": "symbol"}}}},
+            "references.human.genes to be set",
+        ),
+        (
+            {"datasets": {"a": DEMO}, "corpora": {"bad name": {}}},
+            "corpora: invalid name 'bad name'",
+        ),
+    ],
+)
+def test_errors_name_key_path_and_expectation(config, expected):
+    problems = errors_of(config)
+    assert any(expected in p for p in problems), problems
+
+
+def test_missing_source_reports_only_that():
+    problems = errors_of({"datasets": {"a": {"demo": "pbmc68k"}}})
+    assert problems[0] == "datasets.a: 'source' is a required property"
+
+
+def test_load_config_names_file_and_rejects_bad_yaml(tmp_path):
+    bad = tmp_path / "c.yaml"
+    bad.write_text("datasets: {a: [unclosed\n")
+    with pytest.raises(ScfmConfigError, match=str(bad)):
+        load_config(bad)
+    bad.write_text(yaml.safe_dump({"datasets": {"a": {"source": "nope"}}}))
+    with pytest.raises(ScfmConfigError, match=r"c\.yaml.*\n.*datasets\.a\.source"):
+        load_config(bad)
