@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -488,7 +489,7 @@ BAD_VALUES = [
     pytest.param(np.nan, "non-finite value nan", id="nan"),
     pytest.param(np.inf, "non-finite value inf", id="inf"),
     pytest.param(-np.inf, "non-finite value -inf", id="-inf"),
-    pytest.param(-3.0, "negative count -3", id="negative"),
+    pytest.param(-3.0, "negative count -3.0", id="negative"),
     pytest.param(2.5, "non-integer value 2.5", id="fraction"),
 ]
 
@@ -532,11 +533,6 @@ def test_bad_values_explicit_x_name_cell_and_gene(tmp_path: Path, bad: float, pr
     assert f"at cell 'cell9' (row 9), gene '{ENS[4]}'" in str(err)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (message): check_counts formats the value with {d[k]!r}, which under NumPy 2 "
-    "prints 'np.float32(nan)' / 'np.int32(-1)' instead of 'nan' / '-1'",
-)
 @pytest.mark.parametrize(("bad", "problem"), BAD_VALUES)
 def test_bad_value_is_shown_plainly(tmp_path: Path, bad: float, problem: str) -> None:
     counts = _counts().astype(np.float32)
@@ -577,7 +573,7 @@ def test_negative_integer_counts_fail(tmp_path: Path) -> None:
         {"source": "local", "path": str(src), "counts": "X"},
         path=src,
         field="X",
-        match="negative count",
+        match="negative count -1 at cell 'cell3'",
     )
     assert f"gene '{ENS[2]}'" in str(err)
 
@@ -609,27 +605,35 @@ def test_bad_value_after_the_probe_is_caught_while_streaming(tmp_path: Path) -> 
     assert "at cell 'c2050' (row 2050)" in str(err)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: counts above the int32 range are silently wrapped (2**31 -> -2147483648) when "
-    "written as int32; check_counts has no upper bound",
-)
-def test_count_above_int32_range_is_not_silently_wrapped(tmp_path: Path) -> None:
-    counts = _counts().astype(np.float64)
-    counts[0, 1] = 2.0**31
+@pytest.mark.parametrize("dtype", [np.int64, np.float64])
+def test_count_above_int32_range_is_rejected(tmp_path: Path, dtype: type) -> None:
+    # X is written as int32: a larger count must not wrap around to a negative number
+    counts = _counts().astype(dtype)
+    counts[8, 1] = 2**31
     src = _write(
         ad.AnnData(sp.csr_matrix(counts), obs=_obs(), var=pd.DataFrame(index=ENS)),
         tmp_path / "in" / "huge.h5ad",
     )
-    manifest, cfg = _prepare(tmp_path, "huge", {"source": "local", "path": str(src)})
-    out = tmp_path / "std" / "huge.h5ad"
-    try:
-        standardize(manifest, out, dataset="huge", cfg=cfg, chunk_cells=7)
-    except ScfmInputError as err:  # rejecting it, naming the file and X, is acceptable
-        _assert_names(err, src, "X")
-        _assert_nothing_written(out)
-        return
-    assert _x(out)[0, 1] == 2**31  # ... or keeping the value; never a negative count
+    err = _fails(
+        tmp_path,
+        "huge",
+        {"source": "local", "path": str(src)},
+        path=src,
+        field="X",
+        match="count above the int32 range",
+    )
+    assert re.search(rf"2147483648(\.0)? at cell 'cell8' \(row 8\), gene '{ENS[1]}'", str(err))
+
+
+def test_int32_max_count_is_kept(tmp_path: Path) -> None:
+    counts = _counts()
+    counts[8, 1] = 2**31 - 1
+    src = _write(
+        ad.AnnData(sp.csr_matrix(counts), obs=_obs(), var=pd.DataFrame(index=ENS)),
+        tmp_path / "in" / "max.h5ad",
+    )
+    out, _ = _run(tmp_path, "max", {"source": "local", "path": str(src)})
+    np.testing.assert_array_equal(_x(out).toarray(), counts)
 
 
 def test_duplicated_gene_ids_fail(tmp_path: Path) -> None:
@@ -801,16 +805,8 @@ def _damaged(tmp_path: Path, how: str) -> Path:
     return bad
 
 
-AUTO_OSERROR = pytest.mark.xfail(
-    strict=True,
-    raises=OSError,
-    reason="BUG: with counts: auto, H5adCounts._choose_field opens the file with h5py.File "
-    "directly (not h5ad._open_h5), so a truncated/corrupt h5ad raises a bare OSError",
-)
-
-
 @pytest.mark.parametrize("how", ["truncated", "random_bytes"])
-@pytest.mark.parametrize("counts", [pytest.param("auto", marks=AUTO_OSERROR), "X"])
+@pytest.mark.parametrize("counts", ["auto", "X"])
 def test_damaged_h5ad_names_the_file(tmp_path: Path, how: str, counts: str) -> None:
     bad = _damaged(tmp_path, how)
     _fails(
@@ -821,6 +817,45 @@ def test_damaged_h5ad_names_the_file(tmp_path: Path, how: str, counts: str) -> N
         field="file",
         match="cannot be opened as HDF5",
     )
+
+
+def _malformed(tmp_path: Path, how: str) -> Path:
+    path = _write(
+        ad.AnnData(sp.csr_matrix(_counts()), obs=_obs(), var=pd.DataFrame(index=ENS)),
+        tmp_path / "in" / f"{how}.h5ad",
+    )
+    with h5py.File(path, "a") as f:
+        if how == "no_obs":
+            del f["obs"]
+        elif how == "obs_index_missing":
+            f["obs"].attrs["_index"] = "no_such_dataset"
+        elif how == "obs_too_short":  # 2 cell names for 23 matrix rows
+            del f["obs/_index"]
+            f["obs"].create_dataset("_index", data=np.array([b"c0", b"c1"]))
+    return path
+
+
+@pytest.mark.parametrize("how", ["no_obs", "obs_index_missing"])
+def test_broken_obs_group_names_the_file(tmp_path: Path, how: str) -> None:
+    bad = _malformed(tmp_path, how)
+    manifest, cfg = _prepare(tmp_path, "mal", {"source": "local", "path": str(bad)})
+    out = tmp_path / "std" / "mal.h5ad"
+    with pytest.raises(ScfmInputError) as info:
+        standardize(manifest, out, dataset="mal", cfg=cfg, chunk_cells=4)
+    assert Path(info.value.path).resolve() == bad.resolve()
+    assert info.value.field.startswith("obs")
+    _assert_nothing_written(out)
+
+
+def test_obs_rows_must_match_matrix_rows(tmp_path: Path) -> None:
+    bad = _malformed(tmp_path, "obs_too_short")
+    manifest, cfg = _prepare(tmp_path, "short", {"source": "local", "path": str(bad)})
+    out = tmp_path / "std" / "short.h5ad"
+    with pytest.raises(ScfmInputError) as info:
+        standardize(manifest, out, dataset="short", cfg=cfg, chunk_cells=4)
+    assert Path(info.value.path).resolve() == bad.resolve()
+    assert info.value.field.startswith("obs") or info.value.field == "X"
+    _assert_nothing_written(out)
 
 
 def test_nonexistent_local_path_fails_at_fetch(tmp_path: Path) -> None:

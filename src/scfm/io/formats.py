@@ -18,7 +18,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from scfm.errors import ScfmInputError
-from scfm.io.h5ad import MatrixReader, read_dataframe
+from scfm.io.h5ad import MatrixReader, open_h5, read_dataframe
 
 log = logging.getLogger(__name__)
 
@@ -75,18 +75,38 @@ class H5adCounts:
                 f"has {self._reader.shape[1]} columns but {var_group} has {len(self.var)} rows",
                 "one var row per matrix column",
             )
-        with h5py.File(self.path, "r") as f:
-            obs = f["obs"]
-            self.obs_names = pd.Index(np.asarray(f["obs"][obs.attrs["_index"]][...]).astype(str))
-            self._obs_columns = list(obs.attrs.get("column-order", []))
+        with open_h5(self.path) as f:
+            try:
+                obs = f["obs"]
+                index = obs[obs.attrs["_index"]][...]
+                self._obs_columns = list(obs.attrs.get("column-order", []))
+            except (KeyError, OSError, RuntimeError) as exc:
+                raise ScfmInputError(
+                    self.path,
+                    "obs",
+                    f"cell names cannot be read ({exc})",
+                    "an h5ad obs dataframe with an _index",
+                ) from exc
+        self.obs_names = pd.Index(np.asarray(index).astype(str))
         self.n_obs = self._reader.n_obs
+        if len(self.obs_names) != self.n_obs:
+            raise ScfmInputError(
+                self.path,
+                "obs",
+                f"has {len(self.obs_names)} rows but {self._reader.key} has {self.n_obs}",
+                "one obs row per matrix row",
+            )
 
     def _choose_field(self, counts: str, probe_cells: int) -> str:
         candidates = []
-        with h5py.File(self.path, "r") if self.path.exists() else _missing(self.path) as f:
+        with open_h5(self.path) as f:
             for field, key in (("X", "X"), ("raw", "raw/X"), ("layers/counts", "layers/counts")):
                 if key in f:
                     candidates.append(field)
+        if not candidates:
+            raise ScfmInputError(
+                self.path, "X", "no count matrix in the file", "X, raw/X or layers/counts"
+            )
         found = []
         for field in candidates:
             with MatrixReader(self.path, field) as r:
@@ -120,10 +140,6 @@ class H5adCounts:
     def close(self) -> None:
         """Close the file."""
         self._reader.close()
-
-
-def _missing(path: Path) -> h5py.File:
-    raise ScfmInputError(path, "file", "does not exist", "an h5ad file")
 
 
 class TenxH5Counts:

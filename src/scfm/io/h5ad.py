@@ -25,7 +25,8 @@ from scfm.errors import ScfmInputError
 _H5_CHUNK = 1 << 16
 
 
-def _open_h5(path: str | Path) -> h5py.File:
+def open_h5(path: str | Path) -> h5py.File:
+    """Open an HDF5 file for reading; a missing or damaged file raises ScfmInputError."""
     path = Path(path)
     if not path.exists():
         raise ScfmInputError(path, "file", "does not exist", "an h5ad file")
@@ -41,7 +42,7 @@ def read_dataframe(
     path: str | Path, group: str = "obs", *, columns: Sequence[str] | None = None
 ) -> pd.DataFrame:
     """Read an h5ad dataframe (``obs``, ``var``, ``raw/var``), optionally only some columns."""
-    with _open_h5(path) as f:
+    with open_h5(path) as f:
         if group not in f:
             raise ScfmInputError(path, group, "missing", f"an h5ad file with a '{group}' group")
         g = f[group]
@@ -74,7 +75,7 @@ class MatrixReader:
     def __init__(self, path: str | Path, field: str = "X") -> None:
         self.path = Path(path)
         self.field = field
-        self._f = _open_h5(self.path)
+        self._f = open_h5(self.path)
         key = {"raw": "raw/X"}.get(field, field)
         if key not in self._f:
             self._f.close()
@@ -245,7 +246,7 @@ class CsrH5adWriter:
 
 def provenance(path: str | Path) -> dict[str, Any]:
     """The ``uns['scfm']`` provenance records of an h5ad written by scfm (stage -> dict)."""
-    with _open_h5(path) as f:
+    with open_h5(path) as f:
         if "uns/scfm" not in f:
             return {}
         raw = ad.io.read_elem(f["uns/scfm"])

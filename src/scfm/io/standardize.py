@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 OBS_KEYS = ("cell_type", "batch", "donor", "tissue", "assay", "dataset")
 UNKNOWN = "unknown"
+INT32_MAX = np.iinfo(np.int32).max
 
 
 def settings_with_defaults(cfg: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
@@ -60,12 +61,15 @@ def check_counts(
     d = block.data
     if d.size == 0:
         return
+    is_int = np.issubdtype(d.dtype, np.integer)
     problems = []
-    if not np.issubdtype(d.dtype, np.integer):
+    if not is_int:
         problems.append((~np.isfinite(d), "non-finite value"))
     problems.append((d < 0, "negative count"))
-    if not np.issubdtype(d.dtype, np.integer):
+    if not is_int:
         problems.append((np.isfinite(d) & (d != np.round(d)), "non-integer value"))
+    # X is written as int32: larger values would wrap around silently.
+    problems.append((d > INT32_MAX, "count above the int32 range"))
     for mask, what in problems:
         if mask.any():
             k = int(np.argmax(mask))
@@ -74,7 +78,7 @@ def check_counts(
             raise ScfmInputError(
                 path,
                 field,
-                f"{what} {d[k]!r} at cell {obs_names[row0 + row]!r} (row {row0 + row}), "
+                f"{what} {d[k].item()!r} at cell {obs_names[row0 + row]!r} (row {row0 + row}), "
                 f"gene {var_names[col]!r}",
                 "raw integer counts >= 0 (normalised or corrupted data cannot be used as counts)",
             )

@@ -30,7 +30,12 @@ def fetch(name: str, cfg: dict[str, Any], outdir: Path, *, chunk_cells: int) -> 
             "size": path.stat().st_size,
             "sha256": hash_file(path) if path.is_file() else None,
         }
-        return {"format": fmt, "matrices": [record], "source_info": {"path": str(path)}}
+        return {
+            "format": fmt,
+            "matrices": [record],
+            "defaults": _defaults(fmt),
+            "source_info": {"path": str(path)},
+        }
     url = cfg["url"]
     filename = Path(unquote(urlparse(url).path)).name or f"{name}.h5ad"
     fmt = guess_format(Path(filename), cfg.get("format", "auto"))
@@ -42,4 +47,14 @@ def fetch(name: str, cfg: dict[str, Any], outdir: Path, *, chunk_cells: int) -> 
         retries=cfg.get("retries", 3),
         timeout=cfg.get("timeout", 60),
     )
-    return {"format": fmt, "matrices": [record], "source_info": {"url": url}}
+    return {
+        "format": fmt,
+        "matrices": [record],
+        "defaults": _defaults(fmt),
+        "source_info": {"url": url},
+    }
+
+
+def _defaults(fmt: str) -> dict[str, Any]:
+    # 10x files carry Ensembl IDs and their own gene names; keep those names as symbols.
+    return {"genes": {"symbol_column": "gene_symbol_10x"}} if fmt in ("10x_h5", "mtx") else {}
