@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -76,22 +77,41 @@ def download(
         ``url``, ``path``, ``size`` and ``sha256`` of the verified file.
     """
     dest = Path(dest)
+
+    def attempt() -> dict[str, Any]:
+        with atomic_path(dest) as tmp:
+            digests = _fetch(url, tmp, timeout=timeout)
+            got_size = tmp.stat().st_size
+            _verify(url, got_size, digests, sha256=sha256, md5=md5, size=size)
+        log.info("downloaded %s -> %s (%d bytes)", url, dest, got_size)
+        return {"url": url, "path": str(dest), "size": got_size, "sha256": digests["sha256"]}
+
+    return _retrying(url, attempt, retries=retries, backoff=backoff)
+
+
+def download_configured(url: str, dest: str | Path, cfg: dict[str, Any]) -> dict[str, Any]:
+    """:func:`download` with the checks and retry settings of a ``datasets.<name>`` block."""
+    return download(
+        url,
+        dest,
+        sha256=cfg.get("sha256"),
+        size=cfg.get("size"),
+        retries=cfg.get("retries", 3),
+        timeout=cfg.get("timeout", 60),
+    )
+
+
+def _retrying(url: str, attempt: Callable[[], Any], *, retries: int, backoff: float) -> Any:
+    """Call ``attempt`` until it succeeds; only transient failures are retried."""
     last: Exception | None = None
-    for attempt in range(1, retries + 1):
+    for n in range(1, retries + 1):
         try:
-            with atomic_path(dest) as tmp:
-                digests = _fetch(url, tmp, timeout=timeout)
-                got_size = tmp.stat().st_size
-                _verify(url, got_size, digests, sha256=sha256, md5=md5, size=size)
-            log.info("downloaded %s -> %s (%d bytes)", url, dest, got_size)
-            return {"url": url, "path": str(dest), "size": got_size, "sha256": digests["sha256"]}
-        except _Transient as exc:
+            return attempt()
+        except (requests.ConnectionError, requests.Timeout, _Transient) as exc:
             last = exc
-            if attempt < retries:
-                wait = backoff * 2 ** (attempt - 1)
-                log.warning(
-                    "%s: %s (try %d of %d); retry in %.1fs", url, exc, attempt, retries, wait
-                )
+            if n < retries:
+                wait = backoff * 2 ** (n - 1)
+                log.warning("%s: %s (try %d of %d); retry in %.1fs", url, exc, n, retries, wait)
                 time.sleep(wait)
     raise ScfmDownloadError(f"{url}: giving up after {retries} attempt(s): {last}")
 
@@ -186,21 +206,13 @@ def fetch_json(url: str, *, retries: int = 3, timeout: float = 60, backoff: floa
             return json.loads(Path(unquote(parsed.path)).read_text())
         except (OSError, ValueError) as exc:
             raise ScfmDownloadError(f"{url}: cannot read JSON: {exc}") from exc
-    last: Exception | None = None
-    for attempt in range(1, retries + 1):
+
+    def attempt() -> Any:
+        resp = requests.get(url, timeout=timeout, headers={"User-Agent": USER_AGENT})
+        _raise_for_status(url, resp)
         try:
-            resp = requests.get(url, timeout=timeout, headers={"User-Agent": USER_AGENT})
-            _raise_for_status(url, resp)
-            try:
-                return resp.json()
-            except ValueError as exc:
-                raise ScfmDownloadError(f"{url}: response is not JSON: {exc}") from exc
-        except (requests.ConnectionError, requests.Timeout, _Transient) as exc:
-            last = exc
-            if attempt < retries:
-                wait = backoff * 2 ** (attempt - 1)
-                log.warning(
-                    "%s: %s (try %d of %d); retry in %.1fs", url, exc, attempt, retries, wait
-                )
-                time.sleep(wait)
-    raise ScfmDownloadError(f"{url}: giving up after {retries} attempt(s): {last}")
+            return resp.json()
+        except ValueError as exc:
+            raise ScfmDownloadError(f"{url}: response is not JSON: {exc}") from exc
+
+    return _retrying(url, attempt, retries=retries, backoff=backoff)

@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from scfm.errors import ScfmDownloadError
-from scfm.io.download import download, fetch_json
+from scfm.io.download import download, download_configured, fetch_json
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +75,7 @@ def _fetch_url(name: str, cfg: dict[str, Any], outdir: Path) -> dict[str, Any]:
     filename = Path(unquote(urlparse(url).path)).name
     if not filename.endswith(".h5ad"):
         filename = f"{name}.h5ad"
-    record = download(
-        url,
-        outdir / filename,
-        size=cfg.get("size"),
-        sha256=cfg.get("sha256"),
-        retries=cfg.get("retries", 3),
-        timeout=cfg.get("timeout", 60),
-    )
+    record = download_configured(url, outdir / filename, cfg)
     return {
         "format": "h5ad",
         "matrices": [record],

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from scfm.atomic import atomic_path
 from scfm.io.h5ad import CsrH5adWriter
+from scfm.io.sources.cellxgene import DEFAULTS as CELLXGENE_DEFAULTS
 
 if TYPE_CHECKING:
     import tiledbsoma
@@ -51,16 +52,10 @@ OBS_COLUMNS = (
     "is_primary_data",
 )
 
+# The CELLxGENE schema conventions, plus batch = the dataset each cell came from.
 DEFAULTS = {
-    "obs_map": {
-        "cell_type": "cell_type",
-        "donor": "donor_id",
-        "tissue": "tissue",
-        "assay": "assay",
-        "batch": "dataset_id",
-    },
-    "obs_keep": ["disease", "sex", "development_stage", "cell_type_ontology_term_id"],
-    "genes": {"id_type": "ensembl", "symbol_column": "feature_name"},
+    **CELLXGENE_DEFAULTS,
+    "obs_map": {**CELLXGENE_DEFAULTS["obs_map"], "batch": "dataset_id"},
 }
 
 OUTPUT_NAME = "census.h5ad"

@@ -7,7 +7,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from scfm.errors import ScfmInputError
-from scfm.io.download import download, hash_file
+from scfm.io.download import download_configured, hash_file
 from scfm.io.formats import guess_format
 
 
@@ -39,14 +39,7 @@ def fetch(name: str, cfg: dict[str, Any], outdir: Path, *, chunk_cells: int) -> 
     url = cfg["url"]
     filename = Path(unquote(urlparse(url).path)).name or f"{name}.h5ad"
     fmt = guess_format(Path(filename), cfg.get("format", "auto"))
-    record = download(
-        url,
-        outdir / filename,
-        sha256=cfg.get("sha256"),
-        size=cfg.get("size"),
-        retries=cfg.get("retries", 3),
-        timeout=cfg.get("timeout", 60),
-    )
+    record = download_configured(url, outdir / filename, cfg)
     return {
         "format": fmt,
         "matrices": [record],
