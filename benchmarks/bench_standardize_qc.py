@@ -412,7 +412,7 @@ def machine_info() -> dict[str, Any]:
 def run_all(args: argparse.Namespace) -> dict[str, Any]:
     """Generate (or reuse) the input, run every step, return all results."""
     out = args.out.resolve()
-    work = out / f"run_{args.n_cells}c"
+    work = out / f"run_{args.n_cells}c{args.tag}"
     work.mkdir(parents=True, exist_ok=True)
     src = synthetic_path(out, args.n_cells, args.n_genes, args.nnz_per_cell, args.seed)
     gen: dict[str, Any] = {"cached": src.exists() and not args.regenerate}
@@ -543,6 +543,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="cache and work directory")
+    ap.add_argument("--tag", default="", help="suffix of the work directory and results files")
     ap.add_argument("--regenerate", action="store_true", help="rewrite the cached input")
     ap.add_argument("--skip-peer", action="store_true", help="run the scfm steps only")
     ap.add_argument(
@@ -563,7 +564,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     report = run_all(args)
     print_report(report)
-    out = args.out.resolve() / f"results_standardize_qc_{args.n_cells}c.json"
+    out = args.out.resolve() / f"results_standardize_qc_{args.n_cells}c{args.tag}.json"
     out.write_text(json.dumps(report, indent=2, default=str))
     out.with_suffix(".md").write_text(markdown_table(report) + "\n" + "\n".join(ratios(report)))
     print(f"\nresults: {out} (+ .md)")

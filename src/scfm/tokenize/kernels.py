@@ -1,0 +1,253 @@
+"""Numba kernels: tokenize CSR rows without a per-cell Python loop.
+
+Every cell is processed in O(nnz) with small LSD radix sorts (8-bit digits, passes whose digit
+is the same for all keys are skipped, so typical UMI counts < 256 need a single pass), never a
+comparison sort, and everything is a pure function of the input and the per-cell seeds: the same
+cell gives the same tokens whatever the chunking.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+BINNED, RANK, CONTINUOUS, COUNTS = 0, 1, 2, 3
+NONZERO, TOP_K, RANDOM, PANEL = 0, 1, 2, 3
+
+
+@njit(cache=True, inline="always")
+def _splitmix64(x: np.uint64) -> np.uint64:
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    z = x
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(cache=True)
+def radix_argsort(keys: np.ndarray, m: int, out: np.ndarray, tmp: np.ndarray, count: np.ndarray) -> None:
+    """Stable ascending argsort of ``keys[:m]`` (uint32) into ``out[:m]``."""
+    acc_or = np.uint32(0)
+    acc_and = np.uint32(0xFFFFFFFF)
+    for i in range(m):
+        out[i] = i
+        acc_or |= keys[i]
+        acc_and &= keys[i]
+    varying = acc_or ^ acc_and  # bits that differ between keys; other bytes need no pass
+    for shift in range(0, 32, 8):
+        if ((varying >> np.uint32(shift)) & np.uint32(255)) == 0:
+            continue
+        count[:] = 0
+        for i in range(m):
+            count[((keys[out[i]] >> np.uint32(shift)) & np.uint32(255)) + 1] += 1
+        for b in range(256):
+            count[b + 1] += count[b]
+        for i in range(m):
+            d = (keys[out[i]] >> np.uint32(shift)) & np.uint32(255)
+            tmp[count[d]] = out[i]
+            count[d] += 1
+        for i in range(m):
+            out[i] = tmp[i]
+
+
+@njit(cache=True)
+def count_less(vals, m, less, hist, keys, order, tmp, count):  # noqa: ANN001, ANN201
+    """``less[i]`` = how many of ``vals[:m]`` (non-negative integers) are strictly below ``vals[i]``.
+
+    A counting pass when the values fit the histogram (UMI counts almost always do), else a
+    radix sort.
+    """
+    top = hist.shape[0] - 1
+    mx = 0
+    for i in range(m):
+        mx = max(mx, vals[i])
+    if mx < top:
+        for v in range(mx + 1):
+            hist[v] = 0
+        for i in range(m):
+            hist[vals[i]] += 1
+        run = 0
+        for v in range(mx + 1):
+            c = hist[v]
+            hist[v] = run
+            run += c
+        for i in range(m):
+            less[i] = hist[vals[i]]
+        return
+    for i in range(m):
+        keys[i] = np.uint32(vals[i])
+    radix_argsort(keys, m, order, tmp, count)
+    start = 0
+    for j in range(m):
+        if j > 0 and keys[order[j]] != keys[order[j - 1]]:
+            start = j
+        less[order[j]] = start
+
+
+@njit(cache=True, inline="always")
+def _float_key_desc(x: float) -> np.uint32:
+    # Positive float32 bit patterns order like the values; invert for a descending sort.
+    return np.uint32(0xFFFFFFFF) - np.float32(x).view(np.uint32)
+
+
+@njit(cache=True, inline="always")
+def _int_value(kind, count, less, m, bins, cap):  # noqa: ANN001, ANN202
+    if kind == BINNED:
+        return np.int32(1 + min(bins - 1, (bins * less) // m))
+    return np.int32(min(count, cap))
+
+
+@njit(cache=True)
+def tokenize_rows(
+    indptr, indices, data, col_token, totals, seeds,
+    kind, mode, limit, n_bins, cap, target_sum, inv_median, panel_size, n_special,
+    out_offsets, out_genes, out_ivalues, out_fvalues,
+):  # noqa: ANN001, ANN201 - numba kernel; typed by its callers in tokenizers.py
+    """Tokenize each CSR row; see :func:`scfm.tokenize.tokenizers.tokenize_csr` for semantics."""
+    n_rows = indptr.shape[0] - 1
+    width = 1
+    for r in range(n_rows):
+        width = max(width, indptr[r + 1] - indptr[r])
+    tok = np.empty(width, np.int32)
+    icnt = np.empty(width, np.int64)
+    less = np.empty(width, np.int64)
+    keys = np.empty(width, np.uint32)
+    order = np.empty(width, np.int64)
+    tmp = np.empty(width, np.int64)
+    count = np.zeros(257, np.int64)
+    hist = np.zeros(4097, np.int64)
+    keep = np.zeros(width, np.bool_)
+    dense_i = np.zeros(max(panel_size, 1), np.int32)
+    dense_f = np.zeros(max(panel_size, 1), np.float32)
+    bins = n_bins - 1
+    top = hist.shape[0] - 1
+    pos = 0
+    for r in range(n_rows):
+        out_offsets[r] = pos
+        # gather the expressed vocabulary genes; histogram their counts on the way
+        m = 0
+        mx = 0
+        for k in range(indptr[r], indptr[r + 1]):
+            t = col_token[indices[k]]
+            if t >= 0 and data[k] > 0:
+                c = np.int64(data[k])
+                tok[m] = t
+                icnt[m] = c
+                if c > mx:
+                    if c < top:
+                        for v in range(mx + 1, c + 1):
+                            hist[v] = 0
+                    mx = c
+                if c < top:
+                    hist[c] += 1
+                m += 1
+        if m == 0 and mode != PANEL:
+            continue
+        scale = target_sum / totals[r] if totals[r] > 0 else 0.0
+        if kind == RANK:
+            for i in range(m):
+                keys[i] = _float_key_desc(icnt[i] * scale * inv_median[tok[i]])
+            radix_argsort(keys, m, order, tmp, count)
+            s = min(m, limit)
+            for j in range(s):
+                out_genes[pos + j] = tok[order[j]]
+            pos += s
+            if mx < top:
+                hist[: mx + 1] = 0
+            continue
+        s = m if mode == PANEL else min(m, limit)
+        small = mx < top
+        # threshold for keeping the s highest counts: all above vstar, the first `ties` at it
+        vstar, ties = -1, 0
+        if s < m and mode != RANDOM and small:
+            cum = 0
+            for v in range(mx, -1, -1):
+                if cum + hist[v] >= s:
+                    vstar, ties = v, s - cum
+                    break
+                cum += hist[v]
+        if small:  # exclusive prefix sums: hist[v] = number of counts below v
+            run = 0
+            for v in range(mx + 1):
+                c = hist[v]
+                hist[v] = run
+                run += c
+        elif kind == BINNED or (s < m and mode != RANDOM):
+            count_less(icnt, m, less, hist, keys, order, tmp, count)
+            if s < m and mode != RANDOM:
+                for i in range(m):
+                    if m - less[i] >= s and icnt[i] > vstar:
+                        vstar = icnt[i]
+                ties = s
+                for i in range(m):
+                    if icnt[i] > vstar:
+                        ties -= 1
+        if mode == PANEL:
+            dense_i[:] = 0
+            dense_f[:] = 0.0
+            for i in range(m):
+                lt = hist[icnt[i]] if small else less[i]
+                if kind == CONTINUOUS:
+                    dense_f[tok[i] - n_special] = np.float32(np.log1p(icnt[i] * scale))
+                else:
+                    dense_i[tok[i] - n_special] = _int_value(kind, icnt[i], lt, m, bins, cap)
+            for j in range(panel_size):
+                out_genes[pos + j] = n_special + j
+                out_ivalues[pos + j] = dense_i[j]
+                out_fvalues[pos + j] = dense_f[j]
+            pos += panel_size
+        else:
+            if mode == RANDOM and s < m:
+                # partial Fisher-Yates over positions, seeded per cell
+                for i in range(m):
+                    order[i] = i
+                    keep[i] = False
+                state = np.uint64(seeds[r])
+                for j in range(s):
+                    state = _splitmix64(state)
+                    pick = j + np.int64(state % np.uint64(m - j))
+                    order[j], order[pick] = order[pick], order[j]
+                    keep[order[j]] = True
+            j = 0
+            for i in range(m):
+                c = icnt[i]
+                if s < m:
+                    if mode == RANDOM:
+                        if not keep[i]:
+                            continue
+                    elif c < vstar:
+                        continue
+                    elif c == vstar:
+                        if ties == 0:
+                            continue
+                        ties -= 1
+                out_genes[pos + j] = tok[i]
+                # values only for the genes kept (log1p is the costly part of `continuous`)
+                if kind == CONTINUOUS:
+                    out_fvalues[pos + j] = np.float32(np.log1p(c * scale))
+                else:
+                    lt = hist[c] if small else less[i]
+                    out_ivalues[pos + j] = _int_value(kind, c, lt, m, bins, cap)
+                j += 1
+            pos += s
+        if small:
+            hist[: mx + 1] = 0
+    out_offsets[n_rows] = pos
+
+
+@njit(cache=True)
+def accumulate_log_hist(indptr, indices, data, col_token, totals, target_sum, lo, per_unit, hist):  # noqa: ANN001, ANN201
+    """Add each expressed gene's log2(normalised count) to its histogram row (gene medians)."""
+    n_rows = indptr.shape[0] - 1
+    n_bins = hist.shape[1]
+    for r in range(n_rows):
+        if totals[r] <= 0:
+            continue
+        scale = target_sum / totals[r]
+        for k in range(indptr[r], indptr[r + 1]):
+            t = col_token[indices[k]]
+            if t < 0 or data[k] <= 0:
+                continue
+            b = int(np.floor((np.log2(data[k] * scale) - lo) * per_unit))
+            b = min(max(b, 0), n_bins - 1)
+            hist[t, b] += 1
