@@ -9,6 +9,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/download.smk"
 include: "workflow/rules/standardize.smk"
 include: "workflow/rules/qc.smk"
+include: "workflow/rules/corpus.smk"
 
 
 rule all:

@@ -174,6 +174,43 @@ def _cross_references(config: Mapping[str, Any]) -> list[str]:
                 f"datasets.{name}.genes.id_type: 'symbol' needs a gene table; expected "
                 f"references.{ds.get('organism')}.genes to be set"
             )
+    tokenizers = config.get("tokenizers") or {}
+    for name, corpus in (config.get("corpora") or {}).items():
+        if not isinstance(corpus, dict):
+            continue
+        for i, ds in enumerate(corpus.get("datasets") or []):
+            if ds not in datasets:
+                problems.append(
+                    f"corpora.{name}.datasets[{i}]: {ds!r} is not a dataset; expected one of: "
+                    f"{', '.join(datasets)}"
+                )
+        for ds in corpus.get("filters") or {}:
+            if ds not in (corpus.get("datasets") or []):
+                problems.append(f"corpora.{name}.filters.{ds}: not a dataset of this corpus")
+        split = corpus.get("split") or {}
+        if split.get("val", 0) + split.get("test", 0) > 1:
+            problems.append(
+                f"corpora.{name}.split: val + test = {split['val'] + split['test']}; expected <= 1"
+            )
+        vocab = corpus.get("vocab") or {}
+        if vocab.get("policy") == "file" and not vocab.get("genes_file"):
+            problems.append(f"corpora.{name}.vocab.genes_file: required by policy 'file'")
+        for i, tok in enumerate(corpus.get("tokenizers") or []):
+            if tok not in tokenizers:
+                problems.append(
+                    f"corpora.{name}.tokenizers[{i}]: {tok!r} is not a tokenizer; expected one of: "
+                    f"{', '.join(tokenizers) or '(none defined)'}"
+                )
+    for name, tok in tokenizers.items():
+        if (
+            isinstance(tok, dict)
+            and tok.get("kind") == "rank"
+            and tok.get("genes", "nonzero") != "nonzero"
+        ):
+            problems.append(
+                f"tokenizers.{name}.genes: rank encoding orders the expressed genes; "
+                "expected 'nonzero'"
+            )
     return problems
 
 

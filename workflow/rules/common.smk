@@ -15,6 +15,8 @@ NAME = "[A-Za-z0-9_.-]+"
 wildcard_constraints:
     dataset=NAME,
     organism=NAME,
+    corpus=NAME,
+    tokenizer=NAME,
 
 
 def dataset_cfg(wildcards):
@@ -58,9 +60,70 @@ def qc_params(wildcards):
     return {**config["qc"][cfg["modality"]], **cfg.get("qc", {})}
 
 
+CORPORA = config["corpora"]
+TOKENIZERS = config["tokenizers"]
+
+
+def corpus_tokenizers(corpus):
+    """Tokenizers whose shards a corpus gets (all of them unless the corpus lists some)."""
+    return CORPORA[corpus]["tokenizers"] or list(TOKENIZERS)
+
+
+def get_corpus_qc(wildcards):
+    """QC'd h5ad of every dataset of the corpus, named by dataset."""
+    return {
+        ds: f"results/qc/{ds}.h5ad" for ds in CORPORA[wildcards.corpus]["datasets"]
+    }
+
+
+def corpus_vocab_params(wildcards):
+    """The corpus' vocabulary policy."""
+    return CORPORA[wildcards.corpus]["vocab"]
+
+
+def corpus_filters(wildcards):
+    """Per-dataset cell filters of the corpus."""
+    return CORPORA[wildcards.corpus]["filters"]
+
+
+def dataset_filter(wildcards):
+    """The corpus' cell filter for one dataset (None: keep every cell)."""
+    return CORPORA[wildcards.corpus]["filters"].get(wildcards.dataset)
+
+
+def corpus_split(wildcards):
+    """The corpus' split settings."""
+    return CORPORA[wildcards.corpus]["split"]
+
+
+def corpus_weights(wildcards):
+    """The corpus' sampling weights, if any."""
+    return CORPORA[wildcards.corpus]["weights"]
+
+
+def tokenizer_cfg(wildcards):
+    """The validated block of the tokenizer named by the wildcard."""
+    return TOKENIZERS[wildcards.tokenizer]
+
+
+def get_shard_stats(wildcards):
+    """Gene statistics are needed by the rank tokenizer only."""
+    if TOKENIZERS[wildcards.tokenizer]["kind"] == "rank":
+        return f"results/corpus/{wildcards.corpus}/gene_stats.tsv"
+    return []
+
+
+def get_corpus_shards(wildcards):
+    """Per-dataset shard directories of a corpus and tokenizer."""
+    return {
+        ds: f"results/corpus/{wildcards.corpus}/{wildcards.tokenizer}/datasets/{ds}"
+        for ds in CORPORA[wildcards.corpus]["datasets"]
+    }
+
+
 def get_final_outputs():
-    """What `snakemake` builds by default: QC outputs of every RNA dataset."""
-    return expand(
+    """What `snakemake` builds by default: QC outputs of every RNA dataset, corpus manifests."""
+    qc = expand(
         [
             "results/qc/{dataset}.h5ad",
             "results/qc/{dataset}.metrics.tsv",
@@ -68,3 +131,9 @@ def get_final_outputs():
         ],
         dataset=RNA_DATASETS,
     )
+    corpora = [
+        f"results/corpus/{c}/{t}/manifest.json"
+        for c in CORPORA
+        for t in corpus_tokenizers(c)
+    ]
+    return qc + corpora

@@ -1,8 +1,8 @@
 """Streaming h5ad I/O: read any matrix in row chunks, write CSR counts chunk by chunk.
 
-Memory is bounded by the chunk size, never by the number of cells: a 4M-cell file is read and
-written a block of rows at a time. Reading goes through h5py plus anndata's element readers
-(``anndata.io.read_elem`` / ``sparse_dataset``).
+The matrix is read and written a block of rows at a time, so its memory is bounded by the chunk
+size; only obs and var (names and labels, ~0.3 GB per million cells) are held whole. Reading
+goes through h5py plus anndata's element readers (``anndata.io.read_elem`` / ``sparse_dataset``).
 """
 
 from __future__ import annotations
@@ -231,6 +231,14 @@ class CsrH5adWriter:
         try:
             if self._rows != self.n_obs:
                 raise ValueError(f"{self.path}: wrote {self._rows} rows, declared {self.n_obs}")
+            if self._nnz < np.iinfo(np.int32).max:
+                # scipy wants indptr and indices of one dtype (mixed ones break in-place ops such
+                # as scanpy's qc metrics); below 2^31 nonzeros both fit int32.
+                indptr = self._indptr[...]
+                g = self._indptr.parent
+                opts = {k: getattr(self._indptr, k) for k in ("compression", "compression_opts")}
+                del g["indptr"]
+                g.create_dataset("indptr", data=indptr.astype(np.int32), **opts)
         finally:
             self._f.close()
 

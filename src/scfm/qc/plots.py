@@ -15,6 +15,8 @@ from matplotlib.ticker import NullFormatter
 
 from scfm.atomic import atomic_path
 
+MAX_POINTS = 50_000
+
 
 def plot_qc(
     metrics: pd.DataFrame, keep: np.ndarray, params: dict[str, Any], out: str | Path, *, title: str
@@ -63,22 +65,28 @@ def plot_qc(
         ax.set_ylabel("cells")
     axes[0].legend(frameon=False, fontsize=8)
     ax = axes[3]
+    # drawing millions of points costs more than the QC itself: plot a seeded sample
+    shown = np.arange(len(metrics))
+    if len(shown) > MAX_POINTS:
+        shown = np.sort(np.random.default_rng(0).choice(len(shown), MAX_POINTS, replace=False))
+    m, k = metrics.iloc[shown], keep[shown]
     sc = ax.scatter(
-        metrics["total_counts"],
-        metrics["n_genes_by_counts"],
-        c=metrics["pct_counts_mt"],
+        m["total_counts"],
+        m["n_genes_by_counts"],
+        c=m["pct_counts_mt"],
         s=3,
         cmap="viridis",
         rasterized=True,
     )
     ax.scatter(
-        metrics.loc[~keep, "total_counts"],
-        metrics.loc[~keep, "n_genes_by_counts"],
+        m.loc[~k, "total_counts"],
+        m.loc[~k, "n_genes_by_counts"],
         s=6,
         facecolors="none",
         edgecolors="#d62728",
         lw=0.5,
         label="removed",
+        rasterized=True,
     )
     for t in (params.get("min_counts"), params.get("max_counts")):
         if t is not None:

@@ -25,7 +25,9 @@ def _splitmix64(x: np.uint64) -> np.uint64:
 
 
 @njit(cache=True)
-def radix_argsort(keys: np.ndarray, m: int, out: np.ndarray, tmp: np.ndarray, count: np.ndarray) -> None:
+def radix_argsort(
+    keys: np.ndarray, m: int, out: np.ndarray, tmp: np.ndarray, count: np.ndarray
+) -> None:
     """Stable ascending argsort of ``keys[:m]`` (uint32) into ``out[:m]``."""
     acc_or = np.uint32(0)
     acc_and = np.uint32(0xFFFFFFFF)
@@ -51,8 +53,8 @@ def radix_argsort(keys: np.ndarray, m: int, out: np.ndarray, tmp: np.ndarray, co
 
 
 @njit(cache=True)
-def count_less(vals, m, less, hist, keys, order, tmp, count):  # noqa: ANN001, ANN201
-    """``less[i]`` = how many of ``vals[:m]`` (non-negative integers) are strictly below ``vals[i]``.
+def count_less(vals, m, less, hist, keys, order, tmp, count):
+    """``less[i]`` = how many of ``vals[:m]`` (integers >= 0) are strictly below ``vals[i]``.
 
     A counting pass when the values fit the histogram (UMI counts almost always do), else a
     radix sort.
@@ -91,7 +93,7 @@ def _float_key_desc(x: float) -> np.uint32:
 
 
 @njit(cache=True, inline="always")
-def _int_value(kind, count, less, m, bins, cap):  # noqa: ANN001, ANN202
+def _int_value(kind, count, less, m, bins, cap):
     if kind == BINNED:
         return np.int32(1 + min(bins - 1, (bins * less) // m))
     return np.int32(min(count, cap))
@@ -99,10 +101,26 @@ def _int_value(kind, count, less, m, bins, cap):  # noqa: ANN001, ANN202
 
 @njit(cache=True)
 def tokenize_rows(
-    indptr, indices, data, col_token, totals, seeds,
-    kind, mode, limit, n_bins, cap, target_sum, inv_median, panel_size, n_special,
-    out_offsets, out_genes, out_ivalues, out_fvalues,
-):  # noqa: ANN001, ANN201 - numba kernel; typed by its callers in tokenizers.py
+    indptr,
+    indices,
+    data,
+    col_token,
+    totals,
+    seeds,
+    kind,
+    mode,
+    limit,
+    n_bins,
+    cap,
+    target_sum,
+    inv_median,
+    panel_size,
+    n_special,
+    out_offsets,
+    out_genes,
+    out_ivalues,
+    out_fvalues,
+):
     """Tokenize each CSR row; see :func:`scfm.tokenize.tokenizers.tokenize_csr` for semantics."""
     n_rows = indptr.shape[0] - 1
     width = 1
@@ -236,7 +254,7 @@ def tokenize_rows(
 
 
 @njit(cache=True)
-def accumulate_log_hist(indptr, indices, data, col_token, totals, target_sum, lo, per_unit, hist):  # noqa: ANN001, ANN201
+def accumulate_log_hist(indptr, indices, data, col_token, totals, target_sum, lo, per_unit, hist):
     """Add each expressed gene's log2(normalised count) to its histogram row (gene medians)."""
     n_rows = indptr.shape[0] - 1
     n_bins = hist.shape[1]

@@ -36,10 +36,18 @@ from scfm.errors import ScfmInputError
 from scfm.tokenize import kernels
 from scfm.tokenize.vocab import Vocab
 
-KINDS = {"binned": kernels.BINNED, "rank": kernels.RANK, "continuous": kernels.CONTINUOUS,
-         "counts": kernels.COUNTS}
-MODES = {"nonzero": kernels.NONZERO, "top_k": kernels.TOP_K, "random": kernels.RANDOM,
-         "panel": kernels.PANEL}
+KINDS = {
+    "binned": kernels.BINNED,
+    "rank": kernels.RANK,
+    "continuous": kernels.CONTINUOUS,
+    "counts": kernels.COUNTS,
+}
+MODES = {
+    "nonzero": kernels.NONZERO,
+    "top_k": kernels.TOP_K,
+    "random": kernels.RANDOM,
+    "panel": kernels.PANEL,
+}
 VALUE_KIND = {"binned": "bin", "counts": "count", "continuous": "float", "rank": "none"}
 
 
@@ -165,11 +173,25 @@ def tokenize_csr(
     if seeds is None:
         seeds = cell_seeds(cfg.seed, "", np.arange(n))
     kernels.tokenize_rows(
-        block.indptr.astype(np.int64, copy=False), block.indices, data,
-        np.ascontiguousarray(col_token, dtype=np.int32), totals, seeds.astype(np.uint64),
-        KINDS[cfg.kind], MODES[cfg.genes], limit, cfg.n_bins, cfg.vocab_size - 1, float(cfg.target_sum),
-        np.ascontiguousarray(inv_median, dtype=np.float64), panel, n_special,
-        offsets, genes, ivals, fvals,
+        block.indptr.astype(np.int64, copy=False),
+        block.indices,
+        data,
+        np.ascontiguousarray(col_token, dtype=np.int32),
+        totals,
+        seeds.astype(np.uint64),
+        KINDS[cfg.kind],
+        MODES[cfg.genes],
+        limit,
+        cfg.n_bins,
+        cfg.vocab_size - 1,
+        float(cfg.target_sum),
+        np.ascontiguousarray(inv_median, dtype=np.float64),
+        panel,
+        n_special,
+        offsets,
+        genes,
+        ivals,
+        fvals,
     )
     used = int(offsets[-1])
     values: np.ndarray | None
@@ -182,9 +204,7 @@ def tokenize_csr(
     return Tokens(offsets=offsets, genes=genes[:used], values=values)
 
 
-def gene_coverage(
-    block_counts_per_gene: np.ndarray, col_token: np.ndarray
-) -> tuple[float, int]:
+def gene_coverage(block_counts_per_gene: np.ndarray, col_token: np.ndarray) -> tuple[float, int]:
     """Fraction of counts on genes outside the vocabulary, and how many such genes are expressed."""
     total = float(block_counts_per_gene.sum())
     missing = col_token < 0
@@ -218,17 +238,27 @@ def tokenize_anndata(
     report = {
         "n_genes_missing": n_missing,
         "missing_count_fraction": frac,
-        "examples": [str(g) for g in np.asarray(adata.var_names)[(col_token < 0) & (per_gene > 0)][:10]],
+        "examples": [
+            str(g) for g in np.asarray(adata.var_names)[(col_token < 0) & (per_gene > 0)][:10]
+        ],
     }
     if frac > cfg.max_missing_fraction:
         raise ScfmInputError(
-            path, "var_names",
+            path,
+            "var_names",
             f"{frac:.0%} of the counts fall on {n_missing} genes missing from the vocabulary "
             f"(e.g. {report['examples'][:5]})",
             f"at most {cfg.max_missing_fraction:.0%} (tokenizers.<name>.max_missing_fraction); "
             "same organism and gene ID type as the corpus?",
         )
     seeds = cell_seeds(cfg.seed, dataset, np.arange(X.shape[0]))
-    tokens = tokenize_csr(X, col_token, cfg, n_special=vocab.n_special, n_vocab=len(vocab),
-                          seeds=seeds, inv_median=inv_median)
+    tokens = tokenize_csr(
+        X,
+        col_token,
+        cfg,
+        n_special=vocab.n_special,
+        n_vocab=len(vocab),
+        seeds=seeds,
+        inv_median=inv_median,
+    )
     return tokens, report

@@ -1,4 +1,4 @@
-"""The corpus vocabulary: special tokens first, then genes; a content hash ties shards and models to it."""
+"""The corpus vocabulary: special tokens, then genes; its content hash ties shards and models."""
 
 from __future__ import annotations
 
@@ -19,8 +19,11 @@ BASE_SPECIALS = [PAD, CLS, MASK, "<unk>", "<mod_rna>", "<mod_atac>"]
 
 
 def special_tokens(n_condition_tokens: int = 32) -> list[str]:
-    """``<pad>``=0, ``<cls>``=1, ``<mask>``=2, ``<unk>``, modality tokens, then reserved
-    condition tokens ``<cond_0>``... for batch or other conditions."""
+    """Special tokens in id order.
+
+    ``<pad>``=0, ``<cls>``=1, ``<mask>``=2, ``<unk>``, modality tokens, then reserved condition
+    tokens ``<cond_0>``... for batch or other conditions.
+    """
     return BASE_SPECIALS + [f"<cond_{i}>" for i in range(n_condition_tokens)]
 
 
@@ -68,8 +71,12 @@ def build_vocab(
         genes = set(listed)
         unknown = genes - set().union(*seen)
         if len(unknown) == len(genes):
-            raise ScfmInputError(genes_file, "genes", "none of the listed gene IDs is in the corpus",
-                                 "gene IDs as in the datasets' var_names (e.g. Ensembl)")
+            raise ScfmInputError(
+                genes_file,
+                "genes",
+                "none of the listed gene IDs is in the corpus",
+                "gene IDs as in the datasets' var_names (e.g. Ensembl)",
+            )
     else:
         raise ValueError(f"unknown vocab policy {policy!r}; expected union, intersection or file")
     freq = n_cells.reindex(sorted(genes)).fillna(0).astype(np.int64)
@@ -77,8 +84,12 @@ def build_vocab(
     if max_genes is not None and len(freq) > max_genes:
         freq = freq.sort_values(ascending=False, kind="stable").iloc[:max_genes].sort_index()
     if freq.empty:
-        raise ScfmInputError(next(iter(datasets.values())), "var", "no gene passes the vocabulary policy",
-                             f"genes detected in at least {min_cells} cells (corpora.<name>.vocab)")
+        raise ScfmInputError(
+            next(iter(datasets.values())),
+            "var",
+            "no gene passes the vocabulary policy",
+            f"genes detected in at least {min_cells} cells (corpora.<name>.vocab)",
+        )
     specials = special_tokens(n_condition_tokens)
     table = pd.DataFrame(
         {
@@ -109,21 +120,30 @@ class Vocab:
 
     def __init__(self, table: pd.DataFrame, *, path: str | Path | None = None) -> None:
         expected = ["token_id", "token", "kind", "gene_symbol", "n_cells"]
-        if list(table.columns[:5]) != expected or not (table["token_id"].to_numpy() == np.arange(len(table))).all():
-            raise ScfmInputError(path or "vocab", "columns", f"got {list(table.columns)}",
-                                 f"{expected} with token_id = 0..n-1")
+        if (
+            list(table.columns[:5]) != expected
+            or not (table["token_id"].to_numpy() == np.arange(len(table))).all()
+        ):
+            raise ScfmInputError(
+                path or "vocab",
+                "columns",
+                f"got {list(table.columns)}",
+                f"{expected} with token_id = 0..n-1",
+            )
         self.table = table
         self.path = path
         self.hash = vocab_hash(table)
         self.tokens = table["token"].astype(str).tolist()
         self.index = {t: i for i, t in enumerate(self.tokens)}
         self.n_special = int((table["kind"] == "special").sum())
-        self.genes = self.tokens[self.n_special:]
+        self.genes = self.tokens[self.n_special :]
 
     @classmethod
     def read(cls, path: str | Path) -> Vocab:
         """Read a ``vocab.tsv``."""
-        table = pd.read_csv(path, sep="\t", dtype={"token": str, "gene_symbol": str}, keep_default_na=False)
+        table = pd.read_csv(
+            path, sep="\t", dtype={"token": str, "gene_symbol": str}, keep_default_na=False
+        )
         return cls(table, path=path)
 
     def __len__(self) -> int:
@@ -135,4 +155,6 @@ class Vocab:
 
     def map_genes(self, gene_ids: Any) -> np.ndarray:
         """Token id of each gene ID (``-1`` for genes not in the vocabulary)."""
-        return np.fromiter((self.index.get(str(g), -1) for g in gene_ids), dtype=np.int32, count=len(gene_ids))
+        return np.fromiter(
+            (self.index.get(str(g), -1) for g in gene_ids), dtype=np.int32, count=len(gene_ids)
+        )

@@ -1,0 +1,20 @@
+"""Snakemake adapter: rule shard -> scfm.shard.shard_dataset."""
+
+import _scfm_path  # noqa: F401 - makes this checkout's src/ importable in any env
+
+from scfm.logs import setup_logging
+from scfm.shard import shard_dataset
+
+setup_logging(snakemake.log[0])
+shard_dataset(
+    snakemake.input.h5ad,
+    snakemake.output.shards,
+    dataset=snakemake.wildcards.dataset,
+    vocab_path=snakemake.input.vocab,
+    tokenizer=snakemake.params.tokenizer,
+    split=snakemake.params.split,
+    keep=snakemake.params.keep,
+    gene_stats=snakemake.input.stats or None,
+    cells_per_shard=snakemake.params.cells_per_shard,
+    chunk_cells=snakemake.params.chunk_cells,
+)

@@ -1,0 +1,359 @@
+"""Tokenized shards: Arrow IPC files plus a manifest.
+
+Arrow IPC files are memory-mappable and open in pyarrow, polars and HF datasets. One job per
+dataset, streamed in bounded memory, written atomically.
+
+Layout and schema: docs/contracts.md ("Corpus shards").
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.ipc as ipc
+from tqdm.auto import tqdm
+
+from scfm import __version__
+from scfm.atomic import write_text_atomic
+from scfm.errors import ScfmInputError
+from scfm.io.download import hash_file
+from scfm.io.h5ad import MatrixReader, read_dataframe
+from scfm.shard.corpus import SPLITS, assign_splits, select_cells
+from scfm.shard.stats import inverse_medians
+from scfm.tokenize.tokenizers import (
+    TokenizerConfig,
+    Tokens,
+    cell_seeds,
+    gene_coverage,
+    tokenize_csr,
+)
+from scfm.tokenize.vocab import Vocab
+
+log = logging.getLogger(__name__)
+
+OBS_FIELDS = ("cell_type", "batch", "donor")
+
+
+def shard_schema(value_kind: str, metadata: dict[str, Any]) -> pa.Schema:
+    """Arrow schema of a shard (``values`` absent for rank encoding)."""
+    fields = [
+        pa.field("cell_id", pa.string()),
+        pa.field("dataset", pa.string()),
+        pa.field("split", pa.string()),
+    ]
+    fields += [pa.field(c, pa.string()) for c in OBS_FIELDS]
+    fields += [pa.field("n_genes", pa.int32()), pa.field("genes", pa.list_(pa.int32()))]
+    if value_kind in ("bin", "count"):
+        fields.append(pa.field("values", pa.list_(pa.int16())))
+    elif value_kind == "float":
+        fields.append(pa.field("values", pa.list_(pa.float32())))
+    return pa.schema(fields, metadata={b"scfm": json.dumps(metadata).encode()})
+
+
+class _SplitWriter:
+    """Rolls Arrow IPC files of ``cells_per_shard`` rows for one split."""
+
+    def __init__(self, root: Path, split: str, schema: pa.Schema, cells_per_shard: int) -> None:
+        self.dir = root / split
+        self.split, self.schema, self.cells_per_shard = split, schema, cells_per_shard
+        self.files: list[dict[str, Any]] = []
+        self._writer: ipc.RecordBatchFileWriter | None = None
+        self._rows = 0
+        self._tokens = 0
+
+    def write(self, table: pa.Table) -> None:
+        while table.num_rows:
+            if self._writer is None:
+                self.dir.mkdir(parents=True, exist_ok=True)
+                path = self.dir / f"shard-{len(self.files):05d}.arrow"
+                self.files.append({"path": path})
+                self._writer = ipc.new_file(path, self.schema)
+                self._rows = self._tokens = 0
+            take = min(table.num_rows, self.cells_per_shard - self._rows)
+            part = table.slice(0, take)
+            self._writer.write_table(part)
+            self._rows += take
+            self._tokens += int(pc.sum(part["n_genes"]).as_py() or 0)
+            table = table.slice(take)
+            if self._rows == self.cells_per_shard:
+                self._close()
+
+    def _close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self.files[-1].update(n_cells=self._rows, n_tokens=self._tokens)
+            self._writer = None
+
+    def finish(self) -> list[dict[str, Any]]:
+        self._close()
+        return self.files
+
+
+def _table(
+    tokens: Tokens, *, cell_ids: np.ndarray, dataset: str, split: str, obs: Any, schema: pa.Schema
+) -> pa.Table:
+    offsets = pa.array(tokens.offsets.astype(np.int32 if tokens.offsets[-1] < 2**31 else np.int64))
+    list_type = pa.ListArray if offsets.type == pa.int32() else pa.LargeListArray
+    n = len(cell_ids)
+    cols = {
+        "cell_id": pa.array(cell_ids.astype(str)),
+        "dataset": pa.array([dataset] * n),
+        "split": pa.array([split] * n),
+        **{
+            c: pa.array(obs[c].astype(str).to_numpy() if c in obs else np.full(n, "unknown"))
+            for c in OBS_FIELDS
+        },
+        "n_genes": pa.array(np.diff(tokens.offsets).astype(np.int32)),
+        "genes": list_type.from_arrays(offsets, pa.array(tokens.genes)),
+    }
+    if tokens.values is not None:
+        cols["values"] = list_type.from_arrays(offsets, pa.array(tokens.values))
+    return pa.table(cols, schema=schema)
+
+
+def shard_dataset(
+    h5ad: str | Path,
+    out_dir: str | Path,
+    *,
+    dataset: str,
+    vocab_path: str | Path,
+    tokenizer: dict[str, Any],
+    split: Mapping[str, Any],
+    keep: Mapping[str, Any] | None = None,
+    gene_stats: str | Path | None = None,
+    cells_per_shard: int = 16384,
+    chunk_cells: int = 20000,
+) -> dict[str, Any]:
+    """Tokenize one QC'd dataset into ``out_dir/<split>/shard-NNNNN.arrow`` + ``manifest.json``.
+
+    The directory is built under a temporary name beside ``out_dir`` and renamed when complete.
+    Returns the dataset manifest.
+    """
+    h5ad, out_dir = Path(h5ad), Path(out_dir)
+    cfg = TokenizerConfig.from_config(tokenizer)
+    vocab = Vocab.read(vocab_path)
+    obs = read_dataframe(h5ad, "obs")
+    var = read_dataframe(h5ad, "var")
+    col_token = vocab.map_genes(var.index)
+    selected = select_cells(obs, keep, path=h5ad)
+    if not selected.any():
+        raise ScfmInputError(
+            h5ad,
+            "obs",
+            f"no cell of dataset {dataset} passes the corpus filter {dict(keep or {})}",
+            "filters that keep some cells",
+        )
+    splits = assign_splits(obs, dataset=dataset, **split)
+    inv_median = inverse_medians(gene_stats, len(vocab)) if cfg.kind == "rank" else None
+    meta = {"vocab_hash": vocab.hash, "tokenizer": cfg.params(), "dataset": dataset}
+    schema = shard_schema(cfg.value_kind, meta)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        writers = {s: _SplitWriter(tmp, s, schema, cells_per_shard) for s in SPLITS}
+        per_gene = np.zeros(len(var), np.float64)
+        bar = tqdm(
+            total=len(obs), unit="cells", desc=f"shard {dataset}", disable=not sys.stderr.isatty()
+        )
+        with MatrixReader(h5ad) as reader:
+            for row0, block in reader.iter_chunks(chunk_cells):
+                rows = np.arange(row0, row0 + block.shape[0])
+                sel = selected[rows]
+                block, rows = block[sel], rows[sel]
+                per_gene += np.asarray(block.sum(axis=0)).ravel()
+                tokens = tokenize_csr(
+                    block,
+                    col_token,
+                    cfg,
+                    n_special=vocab.n_special,
+                    n_vocab=len(vocab),
+                    seeds=cell_seeds(cfg.seed, dataset, rows),
+                    inv_median=inv_median,
+                )
+                _write_chunk(writers, tokens, rows, splits, obs, dataset, schema)
+                bar.update(len(sel))
+        bar.close()
+        frac, n_missing = gene_coverage(per_gene, col_token)
+        if frac > cfg.max_missing_fraction:
+            raise ScfmInputError(
+                h5ad,
+                "var_names",
+                f"{frac:.0%} of the counts fall on {n_missing} genes missing from the vocabulary",
+                f"at most {cfg.max_missing_fraction:.0%} (tokenizers.<name>.max_missing_fraction)",
+            )
+        shards = []
+        for s, w in writers.items():
+            for f in w.finish():
+                shards.append(
+                    {
+                        "path": f"{s}/{f['path'].name}",
+                        "dataset": dataset,
+                        "split": s,
+                        "n_cells": f["n_cells"],
+                        "n_tokens": f["n_tokens"],
+                        "sha256": hash_file(f["path"]),
+                    }
+                )
+        manifest = {
+            "dataset": dataset,
+            "source": str(h5ad),
+            "source_sha256": hash_file(h5ad),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "scfm_version": __version__,
+            "vocab_hash": vocab.hash,
+            "vocab_size": len(vocab),
+            "tokenizer_params": cfg.params(),
+            "value_kind": cfg.value_kind,
+            "n_value_tokens": cfg.n_value_tokens,
+            "max_len": cfg.max_len,
+            "n_cells": int(selected.sum()),
+            "n_cells_filtered_out": int((~selected).sum()),
+            "genes_missing_from_vocab": n_missing,
+            "missing_count_fraction": frac,
+            "split": dict(split),
+            "splits": {s: sum(x["n_cells"] for x in shards if x["split"] == s) for s in SPLITS},
+            "shards": shards,
+        }
+        write_text_atomic(tmp / "manifest.json", json.dumps(manifest, indent=2))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info(
+        "%s: %d cells in %d shards (%s)",
+        dataset,
+        manifest["n_cells"],
+        len(shards),
+        manifest["splits"],
+    )
+    return manifest
+
+
+def _write_chunk(
+    writers: dict[str, _SplitWriter],
+    tokens: Tokens,
+    rows: np.ndarray,
+    splits: np.ndarray,
+    obs: Any,
+    dataset: str,
+    schema: pa.Schema,
+) -> None:
+    chunk_splits = splits[rows]
+    for s, w in writers.items():
+        idx = np.flatnonzero(chunk_splits == s)
+        if idx.size == 0:
+            continue
+        sub = _subset(tokens, idx)
+        w.write(
+            _table(
+                sub,
+                cell_ids=obs.index.to_numpy()[rows[idx]],
+                dataset=dataset,
+                split=s,
+                obs=obs.iloc[rows[idx]],
+                schema=schema,
+            )
+        )
+
+
+def _subset(tokens: Tokens, idx: np.ndarray) -> Tokens:
+    if idx.size == tokens.n_cells:
+        return tokens
+    lengths = np.diff(tokens.offsets)[idx]
+    starts = tokens.offsets[idx]
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    # flat gather of the selected cells' slices, without a per-cell loop
+    gather = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
+    values = tokens.values[gather] if tokens.values is not None else None
+    return Tokens(offsets=offsets, genes=tokens.genes[gather], values=values)
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """Read a dataset or corpus shard manifest."""
+    return json.loads(Path(path).read_text())
+
+
+def merge_manifests(
+    dataset_manifests: Mapping[str, str | Path],
+    out: str | Path,
+    *,
+    corpus: str,
+    tokenizer: str,
+    vocab_path: str | Path,
+    weights: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Combine the per-dataset manifests of a corpus into its ``manifest.json``.
+
+    Every dataset must have been sharded with the same vocabulary (hash) and tokenizer.
+    """
+    out = Path(out)
+    vocab = Vocab.read(vocab_path)
+    merged: dict[str, Any] = {"datasets": {}, "shards": []}
+    for name, path in dataset_manifests.items():
+        m = read_manifest(path)
+        if m["vocab_hash"] != vocab.hash:
+            raise ScfmInputError(
+                path,
+                "vocab_hash",
+                f"{m['vocab_hash']} differs from {vocab_path} ({vocab.hash})",
+                "shards made with the corpus vocabulary (rerun the shard job)",
+            )
+        if merged.get("tokenizer_params", m["tokenizer_params"]) != m["tokenizer_params"]:
+            raise ScfmInputError(
+                path,
+                "tokenizer_params",
+                "differ between datasets of the corpus",
+                "one tokenizer for the whole corpus",
+            )
+        merged["tokenizer_params"] = m["tokenizer_params"]
+        for key in ("value_kind", "n_value_tokens", "max_len"):
+            merged[key] = m[key]
+        base = Path(os.path.relpath(Path(path).parent.resolve(), out.parent.resolve()))
+        merged["shards"] += [{**s, "path": str(base / s["path"])} for s in m["shards"]]
+        merged["datasets"][name] = {
+            "source": m["source"],
+            "sha256": m["source_sha256"],
+            "n_cells": m["n_cells"],
+            "missing_count_fraction": m["missing_count_fraction"],
+        }
+    n_total = sum(s["n_cells"] for s in merged["shards"])
+    if n_total == 0:
+        raise ScfmInputError(
+            out, "shards", f"corpus {corpus} has no cells after filters", "at least one cell"
+        )
+    manifest = {
+        "corpus": corpus,
+        "tokenizer": tokenizer,
+        "tokenizer_params": merged["tokenizer_params"],
+        "vocab_path": os.path.relpath(Path(vocab_path).resolve(), out.parent.resolve()),
+        "vocab_hash": vocab.hash,
+        "vocab_size": len(vocab),
+        "special_tokens": vocab.special_ids(),
+        "value_kind": merged["value_kind"],
+        "n_value_tokens": merged["n_value_tokens"],
+        "max_len": merged["max_len"],
+        "shards": merged["shards"],
+        "splits": {
+            s: sum(x["n_cells"] for x in merged["shards"] if x["split"] == s) for s in SPLITS
+        },
+        "datasets": merged["datasets"],
+        "weights": dict(weights) if weights else None,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "scfm_version": __version__,
+    }
+    write_text_atomic(out, json.dumps(manifest, indent=2))
+    return manifest

@@ -1,0 +1,70 @@
+# Corpora: vocabulary, gene statistics and tokenized shards (one job per dataset).
+
+
+rule vocab:
+    input:
+        unpack(get_corpus_qc),
+    output:
+        vocab="results/corpus/{corpus}/vocab.tsv",
+    params:
+        vocab=corpus_vocab_params,
+    log:
+        "logs/vocab/{corpus}.log",
+    conda:
+        "../../envs/rna.yaml"
+    script:
+        "../../scripts/vocab.py"
+
+
+rule gene_stats:
+    input:
+        unpack(get_corpus_qc),
+        vocab="results/corpus/{corpus}/vocab.tsv",
+    output:
+        stats="results/corpus/{corpus}/gene_stats.tsv",
+    params:
+        filters=corpus_filters,
+        chunk_cells=config["io"]["chunk_cells"],
+    log:
+        "logs/gene_stats/{corpus}.log",
+    conda:
+        "../../envs/rna.yaml"
+    script:
+        "../../scripts/gene_stats.py"
+
+
+rule shard:
+    input:
+        h5ad="results/qc/{dataset}.h5ad",
+        vocab="results/corpus/{corpus}/vocab.tsv",
+        stats=get_shard_stats,
+    output:
+        shards=directory("results/corpus/{corpus}/{tokenizer}/datasets/{dataset}"),
+    params:
+        tokenizer=tokenizer_cfg,
+        split=corpus_split,
+        keep=dataset_filter,
+        cells_per_shard=config["shards"]["cells_per_shard"],
+        chunk_cells=config["io"]["chunk_cells"],
+    log:
+        "logs/shard/{corpus}.{tokenizer}.{dataset}.log",
+    conda:
+        "../../envs/rna.yaml"
+    script:
+        "../../scripts/shard.py"
+
+
+rule corpus_manifest:
+    input:
+        unpack(get_corpus_shards),
+        vocab="results/corpus/{corpus}/vocab.tsv",
+    output:
+        manifest="results/corpus/{corpus}/{tokenizer}/manifest.json",
+    params:
+        weights=corpus_weights,
+    log:
+        "logs/corpus_manifest/{corpus}.{tokenizer}.log",
+    conda:
+        "../../envs/rna.yaml"
+    script:
+        "../../scripts/corpus_manifest.py"
