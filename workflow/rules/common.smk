@@ -71,9 +71,7 @@ def corpus_tokenizers(corpus):
 
 def get_corpus_qc(wildcards):
     """QC'd h5ad of every dataset of the corpus, named by dataset."""
-    return {
-        ds: f"results/qc/{ds}.h5ad" for ds in CORPORA[wildcards.corpus]["datasets"]
-    }
+    return {ds: f"results/qc/{ds}.h5ad" for ds in CORPORA[wildcards.corpus]["datasets"]}
 
 
 def corpus_vocab_params(wildcards):

@@ -6,12 +6,12 @@ rule vocab:
         unpack(get_corpus_qc),
     output:
         vocab="results/corpus/{corpus}/vocab.tsv",
-    params:
-        vocab=corpus_vocab_params,
     log:
         "logs/vocab/{corpus}.log",
     conda:
         "../../envs/rna.yaml"
+    params:
+        vocab=corpus_vocab_params,
     script:
         "../../scripts/vocab.py"
 
@@ -22,13 +22,13 @@ rule gene_stats:
         vocab="results/corpus/{corpus}/vocab.tsv",
     output:
         stats="results/corpus/{corpus}/gene_stats.tsv",
-    params:
-        filters=corpus_filters,
-        chunk_cells=config["io"]["chunk_cells"],
     log:
         "logs/gene_stats/{corpus}.log",
     conda:
         "../../envs/rna.yaml"
+    params:
+        filters=corpus_filters,
+        chunk_cells=config["io"]["chunk_cells"],
     script:
         "../../scripts/gene_stats.py"
 
@@ -40,16 +40,16 @@ rule shard:
         stats=get_shard_stats,
     output:
         shards=directory("results/corpus/{corpus}/{tokenizer}/datasets/{dataset}"),
+    log:
+        "logs/shard/{corpus}.{tokenizer}.{dataset}.log",
+    conda:
+        "../../envs/rna.yaml"
     params:
         tokenizer=tokenizer_cfg,
         split=corpus_split,
         keep=dataset_filter,
         cells_per_shard=config["shards"]["cells_per_shard"],
         chunk_cells=config["io"]["chunk_cells"],
-    log:
-        "logs/shard/{corpus}.{tokenizer}.{dataset}.log",
-    conda:
-        "../../envs/rna.yaml"
     script:
         "../../scripts/shard.py"
 
@@ -60,11 +60,11 @@ rule corpus_manifest:
         vocab="results/corpus/{corpus}/vocab.tsv",
     output:
         manifest="results/corpus/{corpus}/{tokenizer}/manifest.json",
-    params:
-        weights=corpus_weights,
     log:
         "logs/corpus_manifest/{corpus}.{tokenizer}.log",
     conda:
         "../../envs/rna.yaml"
+    params:
+        weights=corpus_weights,
     script:
         "../../scripts/corpus_manifest.py"
