@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from os import PathLike
@@ -569,41 +570,104 @@ class Collator:
         values: Sequence[np.ndarray] | None = None,
         *,
         rng: np.random.Generator | None = None,
+        cell_index: np.ndarray | None = None,
+        share_memory: bool = False,
     ) -> dict[str, torch.Tensor]:
-        """Collate cells; ``rng`` draws the mask (pass a seeded one for reproducible batches)."""
-        has_values = self.value_kind != "none"
-        if has_values and values is None:
+        """Collate cells.
+
+        Parameters
+        ----------
+        genes, values
+            Per cell, gene ids and (unless value kind "none") values, in the tokenizer's order.
+        rng
+            Draws the mask; pass a seeded one for reproducible batches.
+        cell_index
+            Optional int64 ids, returned as ``cell_index``.
+        share_memory
+            Allocate the batch in shared memory (in DataLoader workers: saves a copy).
+
+        Returns
+        -------
+        dict
+            Tensors that are views of one buffer, so a DataLoader worker hands the whole batch
+            over as a single shared-memory segment (one per tensor is several times slower).
+        """
+        if self.value_kind != "none" and values is None:
             raise ValueError(f"value_kind {self.value_kind!r} needs values")
         lens = np.minimum([len(g) for g in genes], self.max_len - 1).astype(np.int64)
         width = self.max_len if self.pad_to == "max_len" else 1 + int(lens.max(initial=0))
-        out_genes = np.full((len(genes), width), self.pad_id, dtype=np.int64)
+        out, arrays = _arena(self._layout(len(genes), width, cell_index), share_memory)
+        self._fill(arrays, genes, values, lens)
+        if self.mask_ratio > 0:
+            self._mask(arrays, rng if rng is not None else np.random.default_rng())
+        if cell_index is not None:
+            arrays["cell_index"][:] = cell_index
+        return out
+
+    def _layout(
+        self, n: int, width: int, cell_index: np.ndarray | None
+    ) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
+        """Name, dtype and shape of each output tensor, widest dtypes first (alignment)."""
+        shape = (n, width)
+        value = {"float": torch.float32, "none": None}.get(self.value_kind, torch.int64)
+        layout = [("genes", torch.int64, shape)]
+        if cell_index is not None:
+            layout.append(("cell_index", torch.int64, (n,)))
+        masked = "genes" if self.value_kind == "none" else "values"
+        if self.mask_ratio > 0 and masked == "genes":
+            layout.append(("target_genes", torch.int64, shape))
+        if value is not None:
+            layout.append(("values", value, shape))
+            if self.mask_ratio > 0:
+                layout.append(("target_values", value, shape))
+        layout.append(("padding_mask", torch.bool, shape))
+        if self.mask_ratio > 0:
+            layout.append(("mask", torch.bool, shape))
+        return layout
+
+    def _fill(
+        self,
+        arrays: dict[str, np.ndarray],
+        genes: Sequence[np.ndarray],
+        values: Sequence[np.ndarray] | None,
+        lens: np.ndarray,
+    ) -> None:
+        out_genes, out_values = arrays["genes"], arrays.get("values")
+        out_genes.fill(self.pad_id)
         out_genes[:, 0] = self.cls_id
-        out_values = None
-        if has_values:
-            dtype = np.float32 if self.value_kind == "float" else np.int64
-            out_values = np.zeros((len(genes), width), dtype=dtype)
+        if out_values is not None:
+            out_values.fill(0)
         # A loop over the cells (each a memcpy) beats building a fancy index of every token.
         for i, n in enumerate(lens.tolist()):
             out_genes[i, 1 : n + 1] = genes[i][:n]
             if out_values is not None:
                 out_values[i, 1 : n + 1] = values[i][:n]  # type: ignore[index]
-        padding = np.arange(width) > lens[:, None]
-        batch = {"genes": out_genes, "padding_mask": padding}
-        if out_values is not None:
-            batch["values"] = out_values
-        if self.mask_ratio > 0:
-            self._mask(batch, rng if rng is not None else np.random.default_rng())
-        return {k: torch.from_numpy(v) for k, v in batch.items()}
+        np.greater(np.arange(out_genes.shape[1]), lens[:, None], out=arrays["padding_mask"])
 
-    def _mask(self, batch: dict[str, np.ndarray], rng: np.random.Generator) -> None:
-        padding = batch["padding_mask"]
-        mask = rng.random(padding.shape, dtype=np.float32) < self.mask_ratio
+    def _mask(self, arrays: dict[str, np.ndarray], rng: np.random.Generator) -> None:
+        padding, mask = arrays["padding_mask"], arrays["mask"]
+        np.less(rng.random(padding.shape, dtype=np.float32), self.mask_ratio, out=mask)
         mask &= ~padding
         mask[:, 0] = False  # <cls>
-        batch["mask"] = mask
         key = "genes" if self.value_kind == "none" else "values"
-        batch["target_" + key] = batch[key].copy()
-        batch[key][mask] = self.mask_id if self.value_kind == "none" else self.mask_value
+        np.copyto(arrays["target_" + key], arrays[key])
+        arrays[key][mask] = self.mask_id if self.value_kind == "none" else self.mask_value
+
+
+def _arena(
+    layout: list[tuple[str, torch.dtype, tuple[int, ...]]], share_memory: bool
+) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
+    """Tensors carved out of one uint8 buffer, and writable numpy views of them."""
+    sizes = [math.prod(shape) * dtype.itemsize for _, dtype, shape in layout]
+    offsets = np.concatenate([[0], np.cumsum([-(-s // 8) * 8 for s in sizes])]).tolist()
+    buffer = torch.empty(max(offsets[-1], 1), dtype=torch.uint8)
+    if share_memory:
+        buffer.share_memory_()
+    tensors = {
+        name: buffer[a : a + size].view(dtype).view(shape)
+        for (name, dtype, shape), a, size in zip(layout, offsets, sizes, strict=False)
+    }
+    return tensors, {name: t.numpy() for name, t in tensors.items()}
 
 
 # --------------------------------------------------------------------------- ordering
@@ -836,8 +900,10 @@ class CellBatchDataset(IterableDataset):
             for name, (codes, categories) in shard.obs.items():
                 for p, code in zip(pos.tolist(), codes[rows[pos]].tolist(), strict=True):
                     obs[name][p] = categories[code]
-        batch: dict[str, Any] = self.collator(genes, values, rng=rng)
-        batch["cell_index"] = torch.from_numpy(np.ascontiguousarray(cells, dtype=np.int64))
+        in_worker = get_worker_info() is not None
+        batch: dict[str, Any] = self.collator(
+            genes, values, rng=rng, cell_index=cells, share_memory=in_worker
+        )
         batch.update(obs)
         return batch
 
