@@ -100,7 +100,7 @@ def make_corpus(
                     "dataset": dataset,
                     "split": split,
                     "n_cells": n,
-                    "n_tokens": int(pc_sum(table)),
+                    "n_tokens": _n_tokens(table),
                     "sha256": _sha(root / rel),
                 }
             )
@@ -118,7 +118,7 @@ def make_corpus(
         "max_len": MAX_GENES,
         "shards": shards,
         "splits": dict(splits),
-        "datasets": {d: {"source": "x", "sha256": "y", "n_cells": 0} for d in LAYOUT},
+        "datasets": {d: {"source": "x", "sha256": "y", "n_cells": 0} for d in layout or LAYOUT},
         "weights": weights or {"by": None, "values": {}},
     }
     path = root / "manifest.json"
@@ -126,7 +126,7 @@ def make_corpus(
     return path
 
 
-def pc_sum(table: pa.Table) -> int:
+def _n_tokens(table: pa.Table) -> int:
     return int(np.sum(table.column("n_genes").to_numpy()))
 
 
@@ -201,6 +201,19 @@ def test_every_train_cell_once_per_epoch(corpus: Path, world_size: int, num_work
         seen += cells_of(batches)
         assert loader.epoch == 1
     assert sorted(seen) == all_train_cells(corpus)
+
+
+def test_rank_and_world_size_come_from_torch_distributed(
+    corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dist = torch.distributed
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    implicit = CorpusLoader(corpus, LoaderConfig(**SMALL))
+    explicit = CorpusLoader(corpus, LoaderConfig(**SMALL), rank=1, world_size=2)
+    assert (implicit.dataset.rank, implicit.dataset.world_size) == (1, 2)
+    assert cells_of(list(implicit)) == cells_of(list(explicit))
 
 
 def test_val_split_is_read_in_order_without_shuffle(corpus: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 import subprocess
@@ -43,6 +44,16 @@ SMALL_CONFIG = {
         }
     },
     "qc": {"rna": {"doublets": "none"}},
+    "corpora": {
+        "demo": {
+            "datasets": ["pbmc_demo", "sim_demo"],
+            "split": {"by": "donor", "val": 0.2, "test": 0.2},
+        }
+    },
+    "tokenizers": {
+        "binned": {"kind": "binned", "max_len": 300},
+        "rank": {"kind": "rank", "max_len": 300},
+    },
 }
 
 
@@ -90,6 +101,16 @@ def test_demo_runs_end_to_end(workdir, demo_run):
         for rule in ("download", "standardize", "qc"):
             log = workdir / "logs" / rule / f"{name}.log"
             assert log.exists() and log.stat().st_size > 0, log
+    for tok in ("binned", "rank"):
+        man = json.loads(
+            (workdir / "results" / "corpus" / "demo" / tok / "manifest.json").read_text()
+        )
+        assert set(man["datasets"]) == {"pbmc_demo", "sim_demo"}
+        assert sum(man["splits"].values()) == sum(d["n_cells"] for d in man["datasets"].values())
+        assert all(
+            (workdir / "results" / "corpus" / "demo" / tok / s["path"]).is_file()
+            for s in man["shards"]
+        )
     pbmc = ad.read_h5ad(workdir / "results" / "qc" / "pbmc_demo.h5ad")
     assert pbmc.var_names[0].startswith("ENSG")  # symbols were mapped through the gene table
     assert set(pbmc.obs["cell_type"]) >= {"CD14+ Monocyte", "CD19+ B"}
@@ -201,6 +222,13 @@ def test_real_datasets_through_the_dag(tmp_path, shared_data):
             }
         },
         "qc": {"rna": {"doublets": "scrublet"}},
+        "corpora": {
+            "real": {
+                "datasets": ["cellbench", "baron"],
+                "split": {"by": "dataset", "val": 0.5, "test": 0},
+            }
+        },
+        "tokenizers": {"binned": {"kind": "binned"}},
     }
     d = copy_workflow(tmp_path / "real", config)
     res = snakemake(d, "--profile", "profiles/local", "--cores", "2")
@@ -218,5 +246,8 @@ def test_real_datasets_through_the_dag(tmp_path, shared_data):
     assert baron.var_names.str.startswith("ENSG").all()
     assert set(baron.obs["cell_type"]) >= {"alpha", "beta"}
     assert "doublet_score" in baron.obs
+    man = json.loads((d / "results" / "corpus" / "real" / "binned" / "manifest.json").read_text())
+    assert man["datasets"]["cellbench"]["n_cells"] == got.n_obs
+    assert man["datasets"]["baron"]["missing_count_fraction"] < 0.05
     table = pd.read_csv(d / "results" / "qc" / "baron.metrics.tsv", sep="\t")
     assert table.loc[table.reason == "doublets", "n_failed"].iloc[0] >= 0

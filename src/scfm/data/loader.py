@@ -1,24 +1,30 @@
 """Training data loader: memory-mapped corpus shards to tokenized, masked, padded batches.
 
-Reading. Shards (Arrow IPC files, see the shard contract in ``docs/contracts.md``) are opened
-with ``pyarrow.memory_map`` and their list columns become zero-copy numpy views (offsets + flat
-values), so a worker touches only the pages of the cells it batches. A cell is addressed by its
-*cell index* ``shard << 32 | row`` where ``shard`` is the position in the manifest's ``shards``.
+Reading. Shards are Arrow IPC files in the corpus shard format agreed with the sharding stage.
+They are opened with ``pyarrow.memory_map`` and their list columns become zero-copy numpy views
+(offsets + flat values), so a process touches only the pages of the cells it batches. A cell is
+addressed by its *cell index* ``shard << 32 | row``, ``shard`` being its manifest position.
 
 Order. Each epoch every shard of the split is cut into row blocks of ``block_size``; the block
 list is shuffled with ``rng(seed, epoch)`` and block ``i`` goes to global worker
-``i % (world_size * workers_per_rank)`` where global worker ``= rank * workers_per_rank +
+``i % (world_size * workers_per_rank)``, global worker ``= rank * workers_per_rank +
 worker_id``. Ranks and workers therefore see disjoint cells, and each worker's sequence of
 batches is a pure function of (seed, epoch, global worker): that is what makes exact resume
 possible without reading the skipped batches. Within a worker the block rows stream through a
-seeded shuffle buffer and are batched in the worker (the dataset yields ready batches).
+seeded shuffle buffer and are batched there (the dataset yields ready batches). Each worker
+ends with its own incomplete batch unless ``drop_last``; ranks may get a few batches more or
+less than each other (blocks are dealt, not cells), so a DDP loop should stop on a step count.
 
-Verification. With ``verify=True`` (the default) every shard of the split is hashed once when
+Weighted sampling gives each cell ``floor(w / mean_w) + (u < frac(w / mean_w))`` copies per
+epoch, ``u`` a hash of (seed, epoch, cell): deterministic, and copies stay with the cell's
+worker, so partitioning and resume hold.
+
+Verification. With ``verify=True`` (the default) every shard of the split is hashed once, when
 the corpus is opened, in the calling process, before any batch is built: a corrupt or truncated
 shard fails there with :class:`~scfm.errors.ScfmInputError` naming the file, rather than as an
-opaque error inside a DataLoader worker. Hashing costs about one second per GB; set
-``verify=False`` only for shards already verified by other means. Structural checks (readable
-Arrow file, columns and types, ``vocab_hash`` in the schema metadata, row count) always run.
+opaque error inside a DataLoader worker. Hashing costs about a second per GB; set
+``verify=False`` only for shards verified by other means. Structural checks (readable Arrow
+file, columns and types, ``vocab_hash`` in the schema metadata, row count) always run.
 """
 
 from __future__ import annotations
@@ -193,6 +199,7 @@ class Corpus:
         self.weights_by: str | None = weights.get("by")
         self.weight_values: dict[str, float] = dict(weights.get("values") or {})
         self._mapped: dict[int, _MappedShard] = {}
+        self._weights: dict[int, float | np.ndarray] = {}
         self._mean_weight: float | None = None
 
     @classmethod
@@ -228,6 +235,7 @@ class Corpus:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_mapped"] = {}  # memory maps do not cross process boundaries
+        state["_weights"] = {}  # per-cell arrays: cheaper to rebuild than to pickle
         return state
 
     def mapped(self, shard: int) -> _MappedShard:
@@ -239,11 +247,15 @@ class Corpus:
 
     def cell_weights(self, shard: int) -> float | np.ndarray:
         """Sampling weight of each row of a shard (a scalar when weights are by dataset)."""
-        if self.weights_by == "dataset":
-            return float(self.weight_values.get(self.shards[shard].dataset, 1.0))
-        codes, categories = self.mapped(shard).obs["cell_type"]
-        table = np.array([self.weight_values.get(c, 1.0) for c in categories], dtype=np.float64)
-        return table[codes]
+        if shard not in self._weights:
+            if self.weights_by == "dataset":
+                w = float(self.weight_values.get(self.shards[shard].dataset, 1.0))
+            else:
+                codes, categories = self.mapped(shard).obs["cell_type"]
+                table = [self.weight_values.get(c, 1.0) for c in categories]
+                w = np.asarray(table, dtype=np.float64)[codes]
+            self._weights[shard] = w
+        return self._weights[shard]
 
     def mean_weight(self) -> float:
         """Mean sampling weight over the split's cells (unlisted keys weigh 1)."""
@@ -646,12 +658,14 @@ class Collator:
 
     def _mask(self, arrays: dict[str, np.ndarray], rng: np.random.Generator) -> None:
         padding, mask = arrays["padding_mask"], arrays["mask"]
-        np.less(rng.random(padding.shape, dtype=np.float32), self.mask_ratio, out=mask)
+        # 16-bit draws (ratio resolution 2**-16) cost half of float draws.
+        threshold = round(self.mask_ratio * 65536)
+        np.less(rng.integers(0, 65536, padding.shape, dtype=np.uint16), threshold, out=mask)
         mask &= ~padding
         mask[:, 0] = False  # <cls>
         key = "genes" if self.value_kind == "none" else "values"
         np.copyto(arrays["target_" + key], arrays[key])
-        arrays[key][mask] = self.mask_id if self.value_kind == "none" else self.mask_value
+        np.putmask(arrays[key], mask, self.mask_id if key == "genes" else self.mask_value)
 
 
 def _arena(
