@@ -138,3 +138,16 @@ def test_load_config_names_file_and_rejects_bad_yaml(tmp_path):
     bad.write_text(yaml.safe_dump({"datasets": {"a": {"source": "nope"}}}))
     with pytest.raises(ScfmConfigError, match=r"c\.yaml.*\n.*datasets\.a\.source"):
         load_config(bad)
+
+
+def test_cli_validate_config(tmp_path, capsys):
+    from scfm.cli import main
+
+    assert main(["validate-config", str(REPO / "config" / "config.yaml")]) == 0
+    assert "valid (2 datasets, 1 corpora)" in capsys.readouterr().out
+    assert main(["validate-config", "--resolved", str(REPO / "config" / "config.yaml")]) == 0
+    assert "chunk_cells: 20000" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("datasets: {a: {source: demo, demo: pbmc68k, sourc: x}}\n")
+    assert main(["validate-config", str(bad)]) == 2
+    assert "datasets.a.sourc: unknown key" in capsys.readouterr().err
