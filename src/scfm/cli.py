@@ -22,7 +22,9 @@ def _validate(args: argparse.Namespace) -> int:
     if args.resolved:
         print(yaml.safe_dump(cfg, sort_keys=False), end="")
     else:
-        print(f"{args.config}: valid ({len(cfg['datasets'])} datasets, {len(cfg['corpora'])} corpora)")
+        print(
+            f"{args.config}: valid ({len(cfg['datasets'])} datasets, {len(cfg['corpora'])} corpora)"
+        )
     return 0
 
 
@@ -33,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("validate-config", help="check a config file against the schema")
     p.add_argument("config", help="path to a config YAML")
-    p.add_argument("--resolved", action="store_true", help="print the config with every default filled in")
+    p.add_argument(
+        "--resolved", action="store_true", help="print the config with every default filled in"
+    )
     p.set_defaults(func=_validate)
     args = parser.parse_args(argv)
     return args.func(args)
