@@ -564,3 +564,58 @@ def test_config_validation_names_every_problem() -> None:
     assert len(err.value.problems) == 4
     assert LoaderConfig(split="val").shuffles is False
     assert LoaderConfig().shuffles is True
+
+
+# --------------------------------------------------------------------------- contract
+
+
+@pytest.mark.parametrize("kind", ["binned", "rank"])
+def test_reads_shards_written_by_the_sharding_stage(tmp_path: Path, kind: str) -> None:
+    """The real writer and merger produce what the loader reads (guards the contract)."""
+    from scfm.io.simulate import simulate_counts
+    from scfm.shard import gene_stats, merge_manifests, shard_dataset
+    from scfm.tokenize import Vocab, build_vocab, write_vocab
+
+    sources = {}
+    for i, name in enumerate(("a", "b")):
+        sim = simulate_counts(n_cells=120, n_genes=60, seed=i)
+        sim.var_names = [f"SIMG{g:05d}" for g in range(60)]
+        sim.var["n_cells"] = np.asarray((sim.X > 0).sum(axis=0)).ravel()
+        sim.obs["dataset"] = name
+        sim.obs_names = [f"{name}-{c}" for c in range(120)]
+        del sim.uns["simulation"]
+        sim.write_h5ad(tmp_path / f"{name}.h5ad")
+        sources[name] = tmp_path / f"{name}.h5ad"
+    vocab = tmp_path / "vocab.tsv"
+    write_vocab(build_vocab(sources, min_cells=1), vocab)
+    stats = None
+    if kind == "rank":
+        stats = tmp_path / "stats.tsv"
+        gene_stats(sources, Vocab.read(vocab), stats)
+    split = {"by": "cell", "val": 0.1, "test": 0.1, "seed": 0}
+    manifests = {}
+    for name, src in sources.items():
+        out = tmp_path / "corp" / kind / "datasets" / name
+        tokenizer = {"kind": kind}
+        shard_dataset(
+            src,
+            out,
+            dataset=name,
+            vocab_path=vocab,
+            tokenizer=tokenizer,
+            split=split,
+            gene_stats=stats,
+            cells_per_shard=50,
+        )
+        manifests[name] = out / "manifest.json"
+    path = tmp_path / "corp" / kind / "manifest.json"
+    merge_manifests(manifests, path, corpus="corp", tokenizer=kind, vocab_path=vocab)
+
+    batches = list(CorpusLoader(path, LoaderConfig(batch_size=16, block_size=8)))
+    assert sorted(cells_of(batches)) == all_train_cells(path)
+    shards = json.loads(path.read_text())["shards"]
+    s, r = (int(x) for x in decode_cell_index(batches[0]["cell_index"][0]))
+    row = ipc.open_file(str(path.parent / shards[s]["path"])).read_all().slice(r, 1).to_pylist()[0]
+    key = "genes" if kind == "rank" else "values"
+    target = batches[0]["target_" + key][0]  # the unmasked row
+    assert target[1 : len(row[key]) + 1].tolist() == row[key]
