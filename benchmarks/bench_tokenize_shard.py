@@ -45,6 +45,7 @@ import sys
 import tempfile
 import time
 import warnings
+from functools import partial
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -135,8 +136,14 @@ class Synth:
         indices = np.empty(cap, np.int32)
         data = np.empty(cap, np.float32)
         k = self._kernel(
-            self.seed * 1_000_003 + index, n, self.n_genes, self._log_q,
-            self._inv_log_gene, indptr, indices, data,
+            self.seed * 1_000_003 + index,
+            n,
+            self.n_genes,
+            self._log_q,
+            self._inv_log_gene,
+            indptr,
+            indices,
+            data,
         )
         if k < 0:
             raise RuntimeError("synthetic chunk overflowed its buffer")
@@ -145,10 +152,12 @@ class Synth:
     def var(self, n_cells: int) -> pd.DataFrame:
         """Ensembl-like IDs, ``gene_symbol`` and ``n_cells`` (expected detections)."""
         ids = pd.Index([f"ENSG{i:011d}" for i in range(self.n_genes)], name="gene_id")
-        expected = int(round(n_cells * self.nnz / self.n_genes))
+        expected = round(n_cells * self.nnz / self.n_genes)
         return pd.DataFrame(
-            {"gene_symbol": [f"GENE{i:05d}" for i in range(self.n_genes)],
-             "n_cells": np.full(self.n_genes, expected, np.int64)},
+            {
+                "gene_symbol": [f"GENE{i:05d}" for i in range(self.n_genes)],
+                "n_cells": np.full(self.n_genes, expected, np.int64),
+            },
             index=ids,
         )
 
@@ -189,14 +198,21 @@ def write_synthetic_npz(path: Path, n_cells: int, synth: Synth, chunk: int = 200
     import scipy.sparse as sp
 
     t0 = time.perf_counter()
-    x = sp.vstack([synth.chunk(k, min(chunk, n_cells - s))
-                   for k, s in enumerate(range(0, n_cells, chunk))]).tocsr()
+    x = sp.vstack(
+        [synth.chunk(k, min(chunk, n_cells - s)) for k, s in enumerate(range(0, n_cells, chunk))]
+    ).tocsr()
     # medians for rank: the gene's mean count scaled to target_sum / a typical cell total
     typical_total = float(np.median(np.asarray(x.sum(axis=1)).ravel()))
     medians = synth.means * 1e4 / typical_total
     tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, data=x.data, indices=x.indices, indptr=x.indptr.astype(np.int64),
-             shape=np.array(x.shape), gene_median=medians)
+    np.savez(
+        tmp,
+        data=x.data,
+        indices=x.indices,
+        indptr=x.indptr.astype(np.int64),
+        shape=np.array(x.shape),
+        gene_median=medians,
+    )
     tmp.rename(path)
     return time.perf_counter() - t0
 
@@ -319,8 +335,14 @@ def step_compile(spec: dict[str, Any]) -> dict[str, Any]:
     for name in ("binned", "rank", "continuous", "counts"):
         cfg = TokenizerConfig(**TOKENIZERS[name])
         t0 = time.perf_counter()
-        tokenize_csr(x, col_token, cfg, n_special=N_SPECIAL, n_vocab=500 + N_SPECIAL,
-                     inv_median=np.ones(500 + N_SPECIAL))
+        tokenize_csr(
+            x,
+            col_token,
+            cfg,
+            n_special=N_SPECIAL,
+            n_vocab=500 + N_SPECIAL,
+            inv_median=np.ones(500 + N_SPECIAL),
+        )
         parts[f"first call {name}"] = time.perf_counter() - t0
     return {"parts": parts, "numba_cache_dir": os.environ.get("NUMBA_CACHE_DIR", "default")}
 
@@ -337,40 +359,50 @@ def step_tok_scfm(spec: dict[str, Any]) -> dict[str, Any]:
         starts = np.cumsum([0] + [c.shape[0] for c in chunks])
         for name in spec["tokenizers"]:
             cfg = TokenizerConfig(**TOKENIZERS[name])
-            seeds = [cell_seeds(cfg.seed, item["name"], np.arange(a, a + c.shape[0]))
-                     for a, c in zip(starts, chunks, strict=False)]
+            seeds = [
+                cell_seeds(cfg.seed, item["name"], np.arange(a, a + c.shape[0]))
+                for a, c in zip(starts, chunks, strict=False)
+            ]
             kw = {"n_special": N_SPECIAL, "n_vocab": inp["n_vocab"], "inv_median": inp["inv"]}
 
-            def run(cfg=cfg, seeds=seeds, kw=kw) -> int:
-                n_tok = 0
-                for c, s in zip(chunks, seeds, strict=False):
-                    n_tok += int(tokenize_csr(c, inp["col_token"], cfg, seeds=s, **kw).offsets[-1])
-                return n_tok
-
             tokenize_csr(x[:64], inp["col_token"], cfg, **kw)  # warm-up (cache load)
-            t0 = time.perf_counter()
-            n_tok = run()
-            first = time.perf_counter() - t0
-            times = [first] + [
-                _timed(run) for _ in range(_repeats(first, spec["budget"], spec["max_reps"]) - 1)
-            ]
+            run = partial(_run_scfm, tokenize_csr, chunks, seeds, inp["col_token"], cfg, kw)
+            times, n_tok = _measure(run, spec)
             rows.append(_tok_row(item["name"], f"scfm {name}", x, times, n_tok))
-        del x, chunks, inp
     return {"rows": rows}
 
 
-def _timed(fn: Any) -> float:
+def _run_scfm(tokenize_csr, chunks, seeds, col_token, cfg, kw) -> int:
+    n_tok = 0
+    for c, s in zip(chunks, seeds, strict=True):
+        n_tok += int(tokenize_csr(c, col_token, cfg, seeds=s, **kw).offsets[-1])
+    return n_tok
+
+
+def _measure(run: Any, spec: dict[str, Any]) -> tuple[list[float], int]:
+    """Run once; repeat (up to ``max_reps`` runs) while within ``budget`` seconds."""
+    times = []
     t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+    n_tok = run()
+    times.append(time.perf_counter() - t0)
+    for _ in range(_repeats(times[0], spec["budget"], spec["max_reps"]) - 1):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    return times, n_tok
 
 
 def _tok_row(inp: str, method: str, x: Any, times: list[float], n_tok: int) -> dict[str, Any]:
     sec = statistics.median(times)
     return {
-        "input": inp, "method": method, "cells": int(x.shape[0]), "seconds": sec,
-        "repeats": len(times), "cells_per_s": x.shape[0] / sec,
-        "tokens_per_cell": n_tok / x.shape[0], "nnz_per_cell": x.nnz / x.shape[0],
+        "input": inp,
+        "method": method,
+        "cells": int(x.shape[0]),
+        "seconds": sec,
+        "repeats": len(times),
+        "cells_per_s": x.shape[0] / sec,
+        "tokens_per_cell": n_tok / x.shape[0],
+        "nnz_per_cell": x.nnz / x.shape[0],
     }
 
 
@@ -383,29 +415,33 @@ def step_tok_numpy_rank(spec: dict[str, Any]) -> dict[str, Any]:
     for item in spec["inputs"]:
         inp = load_input(item)
         x, col_token, inv = inp["x"], inp["col_token"], inp["inv"]
-        totals = np.asarray(x.sum(axis=1)).ravel()
-        indptr, indices, data = x.indptr, x.indices, x.data
-
-        def run() -> int:
-            n_tok = 0
-            for i in range(x.shape[0]):
-                a, b = indptr[i], indptr[i + 1]
-                tok = col_token[indices[a:b]]
-                tok_ok = tok >= 0
-                tok, vals = tok[tok_ok], data[a:b][tok_ok]
-                score = vals * (1e4 / totals[i]) * inv[tok]
-                n_tok += tok[np.argsort(-score, kind="stable")][:max_len].size
-            return n_tok
-
-        t0 = time.perf_counter()
-        n_tok = run()
-        first = time.perf_counter() - t0
-        times = [first] + [
-            _timed(run) for _ in range(_repeats(first, spec["budget"], spec["max_reps"]) - 1)
-        ]
-        rows.append(_tok_row(item["name"], "numpy per-cell argsort rank (reference)", x, times,
-                             n_tok))
+        times, n_tok = _measure(partial(_run_numpy_rank, x, col_token, inv, max_len), spec)
+        rows.append(
+            _tok_row(item["name"], "numpy per-cell argsort rank (reference)", x, times, n_tok)
+        )
     return {"rows": rows}
+
+
+def _run_numpy_rank(x: Any, col_token: np.ndarray, inv: np.ndarray, max_len: int) -> int:
+    totals = np.asarray(x.sum(axis=1)).ravel()
+    indptr, indices, data = x.indptr, x.indices, x.data
+    n_tok = 0
+    for i in range(x.shape[0]):
+        a, b = indptr[i], indptr[i + 1]
+        tok = col_token[indices[a:b]]
+        ok = tok >= 0
+        tok, vals = tok[ok], data[a:b][ok]
+        score = vals * (1e4 / totals[i]) * inv[tok]
+        n_tok += tok[np.argsort(-score, kind="stable")][:max_len].size
+    return n_tok
+
+
+def _run_scgpt(binning: Any, x: Any, n_bins: int) -> int:
+    indptr, data = x.indptr, x.data
+    n_tok = 0
+    for i in range(x.shape[0]):
+        n_tok += binning(data[indptr[i] : indptr[i + 1]], n_bins).size
+    return n_tok
 
 
 def load_scgpt_preprocess() -> Any:
@@ -437,36 +473,38 @@ def step_tok_scgpt(spec: dict[str, Any]) -> dict[str, Any]:
     np.random.seed(0)  # its _digitize breaks ties with np.random.rand
     for item in spec["inputs"]:
         x = load_input({**item, "vocab": None})["x"]
-        indptr, data = x.indptr, x.data
-
-        def run() -> int:
-            n_tok = 0
-            for i in range(x.shape[0]):
-                n_tok += pre.binning(data[indptr[i] : indptr[i + 1]], n_bins).size
-            return n_tok
-
-        t0 = time.perf_counter()
-        n_tok = run()
-        first = time.perf_counter() - t0
-        times = [first] + [
-            _timed(run) for _ in range(_repeats(first, spec["budget"], spec["max_reps"]) - 1)
-        ]
-        rows.append(_tok_row(item["name"], f"scGPT {pre.__scgpt_version__} binning() per cell",
-                             x, times, n_tok))
+        times, n_tok = _measure(partial(_run_scgpt, pre.binning, x, n_bins), spec)
+        rows.append(
+            _tok_row(
+                item["name"], f"scGPT {pre.__scgpt_version__} binning() per cell", x, times, n_tok
+            )
+        )
         if item["type"] == "npz" and spec.get("preprocessor_cells"):
             import anndata as ad
 
             sub = x[: spec["preprocessor_cells"]]
             adata = ad.AnnData(X=sub.toarray())
             proc = pre.Preprocessor(
-                use_key="X", filter_gene_by_counts=False, filter_cell_by_counts=False,
-                normalize_total=False, log1p=False, subset_hvg=False, binning=n_bins,
+                use_key="X",
+                filter_gene_by_counts=False,
+                filter_cell_by_counts=False,
+                normalize_total=False,
+                log1p=False,
+                subset_hvg=False,
+                binning=n_bins,
             )
             t0 = time.perf_counter()
             proc(adata)
             sec = time.perf_counter() - t0
-            rows.append(_tok_row(item["name"], "scGPT Preprocessor(binning=51), dense rows",
-                                 sub, [sec], int(sub.nnz)))
+            rows.append(
+                _tok_row(
+                    item["name"],
+                    "scGPT Preprocessor(binning=51), dense rows",
+                    sub,
+                    [sec],
+                    int(sub.nnz),
+                )
+            )
         del x
     return {"rows": rows, "scgpt_version": pre.__scgpt_version__, "numpy": np.__version__}
 
@@ -476,8 +514,9 @@ def step_gene_stats(spec: dict[str, Any]) -> dict[str, Any]:
     from scfm.shard.stats import gene_stats
     from scfm.tokenize.vocab import Vocab
 
-    gene_stats(spec["datasets"], Vocab.read(spec["vocab"]), spec["output"],
-               chunk_cells=spec["chunk_cells"])
+    gene_stats(
+        spec["datasets"], Vocab.read(spec["vocab"]), spec["output"], chunk_cells=spec["chunk_cells"]
+    )
     return {}
 
 
@@ -488,16 +527,25 @@ def step_shard(spec: dict[str, Any]) -> dict[str, Any]:
 
     out = Path(spec["output"])
     manifest = shard_dataset(
-        spec["input"], out, dataset=spec["dataset"], vocab_path=spec["vocab"],
-        tokenizer=TOKENIZERS[spec["tokenizer"]], split=SPLIT,
-        gene_stats=spec.get("gene_stats"), chunk_cells=spec["chunk_cells"],
+        spec["input"],
+        out,
+        dataset=spec["dataset"],
+        vocab_path=spec["vocab"],
+        tokenizer=TOKENIZERS[spec["tokenizer"]],
+        split=SPLIT,
+        gene_stats=spec.get("gene_stats"),
+        chunk_cells=spec["chunk_cells"],
     )
     size = sum(p.stat().st_size for p in out.rglob("*.arrow"))
     n_tok = sum(s["n_tokens"] for s in manifest["shards"])
     if not spec.get("keep"):
         shutil.rmtree(out)
-    return {"out_bytes": size, "n_shards": len(manifest["shards"]), "n_cells": manifest["n_cells"],
-            "tokens_per_cell": n_tok / max(manifest["n_cells"], 1)}
+    return {
+        "out_bytes": size,
+        "n_shards": len(manifest["shards"]),
+        "n_cells": manifest["n_cells"],
+        "tokens_per_cell": n_tok / max(manifest["n_cells"], 1),
+    }
 
 
 STEPS = {
@@ -536,14 +584,26 @@ def run_child(step: str, spec: dict[str, Any]) -> None:
     Path(spec["result"]).write_text(json.dumps(result))
 
 
-def run_step(step: str, label: str, spec: dict[str, Any], ctx: dict[str, Any],
-             python: str | None = None, env: dict[str, str] | None = None) -> dict[str, Any]:
+def run_step(
+    step: str,
+    label: str,
+    spec: dict[str, Any],
+    ctx: dict[str, Any],
+    python: str | None = None,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Run ``step`` in a fresh interpreter pinned to one core; return its result."""
     work = ctx["work"]
     spec = {**spec, "label": label, "work": str(work), "result": str(work / f"{label}.json")}
     Path(spec["result"]).unlink(missing_ok=True)
-    cmd = [python or sys.executable, str(Path(__file__).resolve()), "--child-step", step,
-           "--child-spec", json.dumps(spec)]
+    cmd = [
+        python or sys.executable,
+        str(Path(__file__).resolve()),
+        "--child-step",
+        step,
+        "--child-spec",
+        json.dumps(spec),
+    ]
     if ctx["cpu"] is not None and shutil.which("taskset"):
         cmd = ["taskset", "-c", str(ctx["cpu"]), *cmd]
     child_env = {**os.environ, **dict.fromkeys(THREAD_VARS, "1"), **(env or {})}
@@ -551,17 +611,25 @@ def run_step(step: str, label: str, spec: dict[str, Any], ctx: dict[str, Any],
     print(f"  {label} ...", end="", flush=True)
     t0 = time.perf_counter()
     with log_path.open("w") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env,
-                              check=False)
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env, check=False)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         print(" failed")
-        sys.exit(f"step {label} failed (exit {proc.returncode}); see {log_path}:\n"
-                 + log_path.read_text()[-3000:])
+        sys.exit(
+            f"step {label} failed (exit {proc.returncode}); see {log_path}:\n"
+            + log_path.read_text()[-3000:]
+        )
     result = json.loads(Path(spec["result"]).read_text())
-    result.update(label=label, step=step, wall_process=wall,
-                  spec={k: v for k, v in spec.items() if k not in ("result", "work", "label")})
-    print(f" {result['seconds_step']:.1f} s, peak RSS {gib(result['peak_rss']):.2f} GiB", flush=True)
+    result.update(
+        label=label,
+        step=step,
+        wall_process=wall,
+        loadavg_1min=os.getloadavg()[0],
+        spec={k: v for k, v in spec.items() if k not in ("result", "work", "label")},
+    )
+    print(
+        f" {result['seconds_step']:.1f} s, peak RSS {gib(result['peak_rss']):.2f} GiB", flush=True
+    )
     return result
 
 
@@ -616,66 +684,149 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     # 1. compile, tokenize only
     results.append(run_step("baseline", "baseline", base, ctx))
     with tempfile.TemporaryDirectory(prefix="numba_cold_") as cold:
-        results.append(run_step("compile", "jit_compile_cold", base, ctx,
-                                env={"NUMBA_CACHE_DIR": cold}))
+        results.append(
+            run_step("compile", "jit_compile_cold", base, ctx, env={"NUMBA_CACHE_DIR": cold})
+        )
     results.append(run_step("compile", "jit_cache_load", base, ctx))
     real_stats = out / "real" / "gene_stats.tsv"
     if real:
-        results.append(run_step("gene_stats", "gene_stats_real",
-                                {**base, "datasets": {k: str(v) for k, v in real.items()},
-                                 "vocab": str(real_vocab), "output": str(real_stats)}, ctx))
+        results.append(
+            run_step(
+                "gene_stats",
+                "gene_stats_real",
+                {
+                    **base,
+                    "datasets": {k: str(v) for k, v in real.items()},
+                    "vocab": str(real_vocab),
+                    "output": str(real_stats),
+                },
+                ctx,
+            )
+        )
     tok_inputs = [{"name": "synthetic", "type": "npz", "path": str(tok_npz)}]
-    tok_inputs += [{"name": k, "type": "h5ad", "path": str(v), "vocab": str(real_vocab),
-                    "gene_stats": str(real_stats)} for k, v in real.items()]
+    tok_inputs += [
+        {
+            "name": k,
+            "type": "h5ad",
+            "path": str(v),
+            "vocab": str(real_vocab),
+            "gene_stats": str(real_stats),
+        }
+        for k, v in real.items()
+    ]
     tok = {**base, "inputs": tok_inputs, "budget": args.budget, "max_reps": 3}
-    results.append(run_step("tok_scfm", "tokenize_scfm", {**tok, "tokenizers": list(TOKENIZERS)},
-                            ctx))
+    results.append(
+        run_step("tok_scfm", "tokenize_scfm", {**tok, "tokenizers": list(TOKENIZERS)}, ctx)
+    )
     results.append(run_step("tok_numpy_rank", "tokenize_numpy_rank", tok, ctx))
     peer = args.peer_python
     if peer and Path(peer).exists():
-        results.append(run_step("tok_scgpt", "tokenize_scgpt",
-                                {**tok, "preprocessor_cells": args.preprocessor_cells}, ctx,
-                                python=peer))
+        results.append(
+            run_step(
+                "tok_scgpt",
+                "tokenize_scgpt",
+                {**tok, "preprocessor_cells": args.preprocessor_cells},
+                ctx,
+                python=peer,
+            )
+        )
     else:
         print(f"  (no peer interpreter at {peer}: scGPT rows skipped)")
 
     # 2. end to end
     stats = work / "gene_stats_synthetic.tsv"
-    results.append(run_step("gene_stats", "gene_stats_synthetic",
-                            {**base, "datasets": {"synthetic": str(e2e)}, "vocab": str(vocab),
-                             "output": str(stats), "profile": args.profile}, ctx))
-    shard = {**base, "vocab": str(vocab), "gene_stats": str(stats), "profile": args.profile,
-             "keep": args.keep_shards}
+    results.append(
+        run_step(
+            "gene_stats",
+            "gene_stats_synthetic",
+            {
+                **base,
+                "datasets": {"synthetic": str(e2e)},
+                "vocab": str(vocab),
+                "output": str(stats),
+                "profile": args.profile,
+            },
+            ctx,
+        )
+    )
+    shard = {
+        **base,
+        "vocab": str(vocab),
+        "gene_stats": str(stats),
+        "profile": args.profile,
+        "keep": args.keep_shards,
+    }
     for tk in ("binned", "rank"):
-        results.append(run_step("shard", f"shard_{tk}_synthetic_{args.e2e_cells}",
-                                {**shard, "input": str(e2e), "dataset": "synthetic",
-                                 "tokenizer": tk, "output": str(work / f"shards_{tk}_e2e"),
-                                 "cells": args.e2e_cells}, ctx))
+        results.append(
+            run_step(
+                "shard",
+                f"shard_{tk}_synthetic_{args.e2e_cells}",
+                {
+                    **shard,
+                    "input": str(e2e),
+                    "dataset": "synthetic",
+                    "tokenizer": tk,
+                    "output": str(work / f"shards_{tk}_e2e"),
+                    "cells": args.e2e_cells,
+                },
+                ctx,
+            )
+        )
         for name, path in real.items():
-            results.append(run_step("shard", f"shard_{tk}_{name}",
-                                    {**base, "vocab": str(real_vocab), "gene_stats": str(real_stats),
-                                     "input": str(path), "dataset": name, "tokenizer": tk,
-                                     "output": str(work / f"shards_{tk}_{name}"),
-                                     "keep": args.keep_shards}, ctx))
+            results.append(
+                run_step(
+                    "shard",
+                    f"shard_{tk}_{name}",
+                    {
+                        **base,
+                        "vocab": str(real_vocab),
+                        "gene_stats": str(real_stats),
+                        "input": str(path),
+                        "dataset": name,
+                        "tokenizer": tk,
+                        "output": str(work / f"shards_{tk}_{name}"),
+                        "keep": args.keep_shards,
+                    },
+                    ctx,
+                )
+            )
 
     # 3. peak RSS, two sizes 4x apart
     for tk in args.rss_tokenizers:
         for n, p in rss_files:
-            results.append(run_step("shard", f"rss_shard_{tk}_{n}",
-                                    {**shard, "profile": False, "input": str(p),
-                                     "dataset": "synthetic", "tokenizer": tk,
-                                     "output": str(work / f"shards_{tk}_rss_{n}"), "cells": n},
-                                    ctx))
+            results.append(
+                run_step(
+                    "shard",
+                    f"rss_shard_{tk}_{n}",
+                    {
+                        **shard,
+                        "profile": False,
+                        "input": str(p),
+                        "dataset": "synthetic",
+                        "tokenizer": tk,
+                        "output": str(work / f"shards_{tk}_rss_{n}"),
+                        "cells": n,
+                    },
+                    ctx,
+                )
+            )
     m = machine_info()
     m["versions"].update({p: version(p) for p in PACKAGES})
     peer_info = next((r for r in results if r["step"] == "tok_scgpt"), None)
     if peer_info:
         m["versions"]["scgpt (peer venv)"] = peer_info["scgpt_version"]
         m["versions"]["numpy (peer venv)"] = peer_info["numpy"]
-    return {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
-                     if not k.startswith("child")},
-            "machine": m, "inputs": inputs, "results": results,
-            "real": {k: str(v) for k, v in real.items()}}
+    return {
+        "args": {
+            k: str(v) if isinstance(v, Path) else v
+            for k, v in vars(args).items()
+            if not k.startswith("child")
+        },
+        "machine": m,
+        "inputs": inputs,
+        "results": results,
+        "real": {k: str(v) for k, v in real.items()},
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -690,8 +841,11 @@ def _fmt_rate(x: float) -> str:
 def tokenize_table(report: dict[str, Any]) -> str:
     """Tokenize-only rows per input with the ratio to scGPT's per-cell binning."""
     rows = [r for res in report["results"] if "rows" in res for r in res["rows"]]
-    lines = ["| input | method | cells | nnz/cell | tokens/cell | repeats | cells/s "
-             "| / scGPT binning() |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| input | method | cells | nnz/cell | tokens/cell | repeats | cells/s "
+        "| / scGPT binning() |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for inp in dict.fromkeys(r["input"] for r in rows):
         sub = [r for r in rows if r["input"] == inp]
         peer = next((r for r in sub if "binning() per cell" in r["method"]), None)
@@ -700,14 +854,17 @@ def tokenize_table(report: dict[str, Any]) -> str:
             lines.append(
                 f"| {inp} | {r['method']} | {r['cells']:,} | {r['nnz_per_cell']:,.0f} | "
                 f"{r['tokens_per_cell']:,.0f} | {r['repeats']} | {_fmt_rate(r['cells_per_s'])} | "
-                f"{ratio} |")
+                f"{ratio} |"
+            )
     return "\n".join(lines) + "\n"
 
 
 def steps_table(report: dict[str, Any]) -> str:
     """Every child process: time, cells/s, peak RSS, output size."""
-    lines = ["| step | cells | time (s) | cells/s | peak RSS (GiB) | output (GiB) | detail |",
-             "|---|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "| step | cells | time (s) | cells/s | peak RSS (GiB) | output (GiB) | detail |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
     for r in report["results"]:
         if "rows" in r:
             continue
@@ -717,8 +874,10 @@ def steps_table(report: dict[str, Any]) -> str:
         if "n_shards" in r:
             detail = f"{r['n_shards']} shards, {r['tokens_per_cell']:,.0f} tokens/cell"
         out = f"{gib(r['out_bytes']):.2f}" if r.get("out_bytes") else "-"
-        lines.append(f"| {r['label']} | {n:,} | {r['seconds_step']:.2f} | {rate} | "
-                     f"{gib(r['peak_rss']):.2f} | {out} | {detail} |")
+        lines.append(
+            f"| {r['label']} | {n:,} | {r['seconds_step']:.2f} | {rate} | "
+            f"{gib(r['peak_rss']):.2f} | {out} | {detail} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -729,8 +888,9 @@ def goals(report: dict[str, Any]) -> list[str]:
     lines = []
     tok = {(r["input"], r["method"]): r for r in rows}
     for inp in dict.fromkeys(r["input"] for r in rows):
-        peer = next((r for r in rows if r["input"] == inp and "binning() per cell" in r["method"]),
-                    None)
+        peer = next(
+            (r for r in rows if r["input"] == inp and "binning() per cell" in r["method"]), None
+        )
         for name in ("binned", "binned_all", "rank"):
             r = tok.get((inp, f"scfm {name}"))
             if not r:
@@ -746,18 +906,28 @@ def goals(report: dict[str, Any]) -> list[str]:
         if label.startswith("shard_"):
             n = r["n_cells"]
             rate = n / r["seconds_step"]
-            lines.append(f"end-to-end {label}: {rate:,.0f} cells/s/core "
-                         f"(goal >= 50k: {'met' if rate >= 5e4 else 'NOT met'}), "
-                         f"peak RSS {gib(r['peak_rss']):.2f} GiB")
+            lines.append(
+                f"end-to-end {label}: {rate:,.0f} cells/s/core "
+                f"(goal >= 50k: {'met' if rate >= 5e4 else 'NOT met'}), "
+                f"peak RSS {gib(r['peak_rss']):.2f} GiB"
+            )
     for tk in report["args"]["rss_tokenizers"]:
-        rss = [(r["spec"]["cells"], r["peak_rss"]) for label, r in res.items()
-               if label.startswith(f"rss_shard_{tk}_")]
+        rss = [
+            (r["spec"]["cells"], r["peak_rss"])
+            for label, r in res.items()
+            if label.startswith(f"rss_shard_{tk}_")
+        ]
         if len(rss) >= 2:
             (n0, r0), (n1, r1) = rss[0], rss[-1]
             lines.append(
                 f"peak RSS shard {tk}: {gib(r0):.2f} GiB at {n0:,} cells, {gib(r1):.2f} GiB at "
                 f"{n1:,} ({n1 / n0:.0f}x cells: RSS x{r1 / r0:.2f}, +{gib(r1 - r0):.2f} GiB); "
-                f"goal <= 2 GB at 1M: {'met' if r1 <= 2e9 else 'NOT met'}")
+                + (
+                    f"goal <= 2 GB at 1M cells: {'met' if r1 <= 2e9 else 'NOT met'}"
+                    if n1 >= 1_000_000
+                    else "(goal is stated at 1M cells)"
+                )
+            )
     return lines
 
 
@@ -769,8 +939,10 @@ def print_report(report: dict[str, Any]) -> None:
         extra = f", {meta['nnz']:,} nonzeros" if "nnz" in meta else ""
         gen = "" if meta["cached"] else f", generated in {meta['seconds']:.1f} s"
         print(f"input {name}: {gib(meta['size']):.2f} GiB{extra}{gen}")
-    print(f"machine: {m['nproc']} cores ({m['cpu']}), {m['mem_total_gib']} GiB RAM, Python "
-          f"{m['python']}, commit {m['commit']}, {m['date']}")
+    print(
+        f"machine: {m['nproc']} cores ({m['cpu']}), {m['mem_total_gib']} GiB RAM, Python "
+        f"{m['python']}, commit {m['commit']}, {m['date']}"
+    )
     print("versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()))
     print("\n" + tokenize_table(report))
     print(steps_table(report))
@@ -790,15 +962,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--e2e-cells", type=int, default=200_000, help="cells of the shard input")
     ap.add_argument("--rss-cells", type=int, nargs="+", default=[250_000, 1_000_000])
     ap.add_argument("--rss-nnz", type=int, default=500, help="nonzeros per cell, RSS inputs")
-    ap.add_argument("--rss-tokenizers", nargs="+", default=["binned", "rank"],
-                    choices=["binned", "rank"])
+    ap.add_argument(
+        "--rss-tokenizers", nargs="+", default=["binned", "rank"], choices=["binned", "rank"]
+    )
     ap.add_argument("--chunk-cells", type=int, default=20_000, help="scfm's chunk (default)")
-    ap.add_argument("--preprocessor-cells", type=int, default=5000,
-                    help="cells given to scGPT's dense Preprocessor (0: skip)")
-    ap.add_argument("--budget", type=float, default=3.0,
-                    help="seconds per tokenize measurement before repeating (max 3 runs)")
-    ap.add_argument("--peer-python", default="/tmp/peers/bin/python",
-                    help="interpreter with scgpt installed ('' to skip)")
+    ap.add_argument(
+        "--preprocessor-cells",
+        type=int,
+        default=5000,
+        help="cells given to scGPT's dense Preprocessor (0: skip)",
+    )
+    ap.add_argument(
+        "--budget",
+        type=float,
+        default=3.0,
+        help="seconds per tokenize measurement before repeating (max 3 runs)",
+    )
+    ap.add_argument(
+        "--peer-python",
+        default="/tmp/peers/bin/python",
+        help="interpreter with scgpt installed ('' to skip)",
+    )
     ap.add_argument("--cpu", type=int, default=0, help="core to pin children to (-1: none)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="cache and work directory")
@@ -806,8 +990,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--skip-real", action="store_true", help="skip ../shared/data/rna")
     ap.add_argument("--keep-shards", action="store_true", help="keep the written shards")
     ap.add_argument("--profile", action="store_true", help="cProfile gene_stats and shard steps")
-    ap.add_argument("--quick", action="store_true",
-                    help="small sizes: 5k tokenize, 20k shard, RSS 10k/40k cells")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes: 5k tokenize, 20k shard, RSS 10k/40k cells",
+    )
     ap.add_argument("--child-step", choices=sorted(STEPS), help=argparse.SUPPRESS)
     ap.add_argument("--child-spec", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -825,14 +1012,24 @@ def main(argv: list[str] | None = None) -> None:
         run_child(args.child_step, json.loads(args.child_spec))
         return
     t0 = time.perf_counter()
+    load0 = os.getloadavg()[0]
     report = run_all(args)
+    report["loadavg_1min"] = {
+        "start": load0,
+        "end": os.getloadavg()[0],
+        "max_after_step": max(r["loadavg_1min"] for r in report["results"]),
+    }
     report["total_seconds"] = time.perf_counter() - t0
     print_report(report)
-    print(f"\ntotal {report['total_seconds'] / 60:.1f} min")
+    print(
+        f"\ntotal {report['total_seconds'] / 60:.1f} min; 1-min load average "
+        f"{report['loadavg_1min']} (other processes on the machine disturb the figures)"
+    )
     out = args.out.resolve() / f"results_tokenize_shard{args.tag}.json"
     out.write_text(json.dumps(report, indent=2, default=str))
     out.with_suffix(".md").write_text(
-        tokenize_table(report) + "\n" + steps_table(report) + "\n" + "\n".join(goals(report)))
+        tokenize_table(report) + "\n" + steps_table(report) + "\n" + "\n".join(goals(report))
+    )
     print(f"results: {out} (+ .md)")
 
 

@@ -148,6 +148,8 @@ class CsrH5adWriter:
     2^31 nonzeros.
     """
 
+    INT32_LIMIT = np.iinfo(np.int32).max  # nonzeros up to which indptr is narrowed to int32
+
     def __init__(
         self,
         path: str | Path,
@@ -231,7 +233,7 @@ class CsrH5adWriter:
         try:
             if self._rows != self.n_obs:
                 raise ValueError(f"{self.path}: wrote {self._rows} rows, declared {self.n_obs}")
-            if self._nnz < np.iinfo(np.int32).max:
+            if self._nnz < self.INT32_LIMIT:
                 # scipy wants indptr and indices of one dtype (mixed ones break in-place ops such
                 # as scanpy's qc metrics); below 2^31 nonzeros both fit int32.
                 indptr = self._indptr[...]
