@@ -85,7 +85,7 @@ SCFM_FREE = {"peer_scvi"}  # steps that run in the peer's interpreter, without s
 
 
 def synthetic_obs(n_cells: int) -> pd.DataFrame:
-    """QC'd-style obs: ``cell_type`` (20), ``batch`` (8, contiguous), ``donor`` (16), ``dataset``."""
+    """QC'd-style obs: ``cell_type`` (20), ``batch`` (8), ``donor`` (16), ``dataset``."""
     i = np.arange(n_cells)
     batch = (i * 8) // max(n_cells, 1)
     return pd.DataFrame(
@@ -229,7 +229,10 @@ def step_scfm(spec: dict[str, Any]) -> dict[str, Any]:
     loader = CorpusLoader(spec["manifest"], cfg, num_workers=0)
     open_s = time.perf_counter() - t0
     epochs = []
-    for _ in range(spec["epochs"]):
+    for epoch in range(spec["epochs"]):
+        # real tokens are counted in the first epoch only (~0.2 ms per batch): the last epoch,
+        # the headline, times the loader alone
+        count = epoch == 0 and spec["epochs"] > 1
         cells = tokens = width = batches = 0
         t0 = time.perf_counter()
         for batch in loader:
@@ -237,16 +240,27 @@ def step_scfm(spec: dict[str, Any]) -> dict[str, Any]:
             cells += genes.shape[0]
             width += genes.shape[1]
             batches += 1
-            if spec.get("count_tokens"):
+            if count:
                 tokens += int((~batch["padding_mask"]).sum())
         sec = time.perf_counter() - t0
-        epochs.append({"cells": cells, "batches": batches, "seconds": sec,
-                       "cells_per_s": cells / sec, "mean_width": width / max(batches, 1),
-                       "tokens": tokens})
+        epochs.append(
+            {
+                "cells": cells,
+                "batches": batches,
+                "seconds": sec,
+                "cells_per_s": cells / sec,
+                "mean_width": width / max(batches, 1),
+                "tokens": tokens,
+                "tokens_counted": count,
+            }
+        )
     keys = sorted(batch)
-    return {"open_seconds": open_s, "epochs": epochs, "batch_keys": keys,
-            "last_batch_shapes": {k: list(getattr(batch[k], "shape", [len(batch[k])]))
-                                  for k in keys}}
+    return {
+        "open_seconds": open_s,
+        "epochs": epochs,
+        "batch_keys": keys,
+        "last_batch_shapes": {k: list(getattr(batch[k], "shape", [len(batch[k])])) for k in keys},
+    }
 
 
 def step_peer_backed(spec: dict[str, Any]) -> dict[str, Any]:
@@ -269,9 +283,20 @@ def step_peer_backed(spec: dict[str, Any]) -> dict[str, Any]:
     sec = time.perf_counter() - t0
     out_type = type(rows).__name__
     adata.file.close()
-    return {"open_seconds": open_s, "epochs": [{"cells": cells, "batches": batches,
-            "seconds": sec, "cells_per_s": cells / sec, "nnz": nnz}], "batch_type": out_type,
-            "anndata": version("anndata")}
+    return {
+        "open_seconds": open_s,
+        "epochs": [
+            {
+                "cells": cells,
+                "batches": batches,
+                "seconds": sec,
+                "cells_per_s": cells / sec,
+                "nnz": nnz,
+            }
+        ],
+        "batch_type": out_type,
+        "anndata": version("anndata"),
+    }
 
 
 def step_peer_scvi(spec: dict[str, Any]) -> dict[str, Any]:
@@ -297,14 +322,20 @@ def step_peer_scvi(spec: dict[str, Any]) -> dict[str, Any]:
         cells += batch["X"].shape[0]
         batches += 1
     sec = time.perf_counter() - t0
-    return {"open_seconds": read_s + setup_s, "parts": {"read_h5ad": read_s, "setup": setup_s},
-            "epochs": [{"cells": cells, "batches": batches, "seconds": sec,
-                        "cells_per_s": cells / sec}],
-            "batch_keys": sorted(batch),
-            "x": {"type": type(batch["X"]).__name__, "dtype": str(batch["X"].dtype),
-                  "shape": list(batch["X"].shape)},
-            "versions": {p: version(p) for p in ("scvi-tools", "anndata", "torch", "numpy",
-                                                  "scipy")}}
+    return {
+        "open_seconds": read_s + setup_s,
+        "parts": {"read_h5ad": read_s, "setup": setup_s},
+        "epochs": [
+            {"cells": cells, "batches": batches, "seconds": sec, "cells_per_s": cells / sec}
+        ],
+        "batch_keys": sorted(batch),
+        "x": {
+            "type": type(batch["X"]).__name__,
+            "dtype": str(batch["X"].dtype),
+            "shape": list(batch["X"].shape),
+        },
+        "versions": {p: version(p) for p in ("scvi-tools", "anndata", "torch", "numpy", "scipy")},
+    }
 
 
 STEPS = {
@@ -346,14 +377,21 @@ def run_child(step: str, spec: dict[str, Any]) -> None:
     Path(spec["result"]).write_text(json.dumps(result))
 
 
-def run_step(step: str, label: str, spec: dict[str, Any], ctx: dict[str, Any],
-             python: str | None = None) -> dict[str, Any] | None:
+def run_step(
+    step: str, label: str, spec: dict[str, Any], ctx: dict[str, Any], python: str | None = None
+) -> dict[str, Any] | None:
     """Run ``step`` in a fresh interpreter pinned to one core; None if it failed."""
     work = ctx["work"]
     spec = {**spec, "label": label, "work": str(work), "result": str(work / f"{label}.json")}
     Path(spec["result"]).unlink(missing_ok=True)
-    cmd = [python or sys.executable, str(Path(__file__).resolve()), "--child-step", step,
-           "--child-spec", json.dumps(spec)]
+    cmd = [
+        python or sys.executable,
+        str(Path(__file__).resolve()),
+        "--child-step",
+        step,
+        "--child-spec",
+        json.dumps(spec),
+    ]
     if ctx["cpu"] is not None and shutil.which("taskset"):
         cmd = ["taskset", "-c", str(ctx["cpu"]), *cmd]
     env = {**os.environ, **dict.fromkeys(THREAD_VARS, "1")}
@@ -370,8 +408,11 @@ def run_step(step: str, label: str, spec: dict[str, Any], ctx: dict[str, Any],
     result = json.loads(Path(spec["result"]).read_text())
     result.update(label=label, step=step, wall_process=wall)
     rates = ", ".join(f"{e['cells_per_s']:,.0f}" for e in result.get("epochs", []))
-    print(f" {result['seconds_step']:.1f} s, cells/s per epoch [{rates}], "
-          f"peak RSS {gib(result['peak_rss']):.2f} GiB", flush=True)
+    print(
+        f" {result['seconds_step']:.1f} s, cells/s per epoch [{rates}], "
+        f"peak RSS {gib(result['peak_rss']):.2f} GiB",
+        flush=True,
+    )
     return result
 
 
@@ -382,12 +423,12 @@ def run_step(step: str, label: str, spec: dict[str, Any], ctx: dict[str, Any],
 DELIVERS = {
     "baseline": "imports only",
     "scfm_longest": "tokenized (binned) + masked + padded to the batch's longest: int64 genes/"
-                    "values/targets, bool masks, cell_index, obs strings",
+    "values/targets, bool masks, cell_index, obs strings",
     "scfm_max_len": "the same, padded to max_len: every batch [64, 1200]",
     "peer_backed": "raw count rows (all nonzeros), scipy CSR float32; no tokenizing/masking/"
-                   "padding",
+    "padding",
     "peer_scvi": "raw count rows densified to float32 [64, n_genes] torch tensors (+ batch, "
-                 "labels); no tokenizing/masking/padding",
+    "labels); no tokenizing/masking/padding",
 }
 
 
@@ -405,9 +446,14 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     load_start = os.getloadavg()
     t_start = time.perf_counter()
     data = prepare(args, out)
-    base = {"manifest": data["manifest"], "h5ad": data["h5ad"], "batch_size": args.batch_size,
-            "max_len": args.max_len, "mask_ratio": args.mask_ratio, "epochs": args.epochs,
-            "count_tokens": True}
+    base = {
+        "manifest": data["manifest"],
+        "h5ad": data["h5ad"],
+        "batch_size": args.batch_size,
+        "max_len": args.max_len,
+        "mask_ratio": args.mask_ratio,
+        "epochs": args.epochs,
+    }
     results = []
     for label, step, extra in [
         ("baseline", "baseline", {}),
@@ -415,13 +461,15 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
         ("scfm_max_len", "scfm", {"pad_to": "max_len", "profile": args.profile}),
         ("peer_backed", "peer_backed", {}),
     ]:
+        if args.skip_peers and step == "peer_backed":
+            continue
         r = run_step(step, label, {**base, **extra}, ctx)
         if r is None:
             sys.exit(f"step {label} failed")
         results.append(r)
     scvi_note = None
-    if args.skip_scvi:
-        scvi_note = "skipped (--skip-scvi)"
+    if args.skip_scvi or args.skip_peers:
+        scvi_note = "skipped (--skip-scvi/--skip-peers)"
     elif not Path(args.scvi_python).exists():
         scvi_note = f"skipped: {args.scvi_python} not found"
     else:
@@ -459,15 +507,18 @@ def markdown_table(report: dict[str, Any]) -> str:
     ]
     for r in report["results"]:
         if r["label"] == "baseline":
-            lines.append(f"| baseline | {DELIVERS['baseline']} | – | – | – | – | – | "
-                         f"{gib(r['peak_rss']):.2f} | {r['loadavg_1min'][0]:.1f} |")
+            lines.append(
+                f"| baseline | {DELIVERS['baseline']} | – | – | – | – | – | "
+                f"{gib(r['peak_rss']):.2f} | {r['loadavg_1min'][0]:.1f} |"
+            )
             continue
         e = headline(r)
         ratio = scfm and headline(scfm)["cells_per_s"] / e["cells_per_s"]
         epochs = "; ".join(f"{x['cells_per_s']:,.0f}" for x in r["epochs"])
         lines.append(
             f"| {r['label']} | {DELIVERS[r['label']]} | {e['cells']:,} | {e['seconds']:.1f} | "
-            f"{e['cells_per_s']:,.0f}" + (f" (epochs: {epochs})" if len(r["epochs"]) > 1 else "")
+            f"{e['cells_per_s']:,.0f}"
+            + (f" (epochs: {epochs})" if len(r["epochs"]) > 1 else "")
             + f" | {e['cells_per_s'] / GOAL:.2f} | {ratio:.2f} | {gib(r['peak_rss']):.2f} | "
             f"{r['loadavg_1min'][0]:.1f}–{r['loadavg_1min'][1]:.1f} |"
         )
@@ -477,21 +528,30 @@ def markdown_table(report: dict[str, Any]) -> str:
 def print_report(report: dict[str, Any]) -> None:
     d = report["input"]
     print()
-    print(f"input: {d['n_cells']:,} cells, {d['nnz']:,} nonzeros ({d['nnz_per_cell_mean']:.0f} "
-          f"per cell, p5/50/95 {d['nnz_per_cell_p5_50_95']}), h5ad {gib(d['h5ad_bytes']):.2f} "
-          f"GiB; {d['n_shards']} shards {gib(d['shard_bytes']):.2f} GiB, "
-          f"{d['tokens_per_cell_in_shards']:.0f} tokens/cell")
+    print(
+        f"input: {d['n_cells']:,} cells, {d['nnz']:,} nonzeros ({d['nnz_per_cell_mean']:.0f} "
+        f"per cell, p5/50/95 {d['nnz_per_cell_p5_50_95']}), h5ad {gib(d['h5ad_bytes']):.2f} "
+        f"GiB; {d['n_shards']} shards {gib(d['shard_bytes']):.2f} GiB, "
+        f"{d['tokens_per_cell_in_shards']:.0f} tokens/cell"
+    )
     print(markdown_table(report))
     for r in report["results"]:
         if r.get("open_seconds") is not None:
-            print(f"  {r['label']}: open {r['open_seconds']:.2f} s"
-                  + (f", mean width {headline(r)['mean_width']:.0f}, "
-                     f"{headline(r)['tokens'] / headline(r)['cells']:.0f} real tokens/cell"
-                     if "mean_width" in headline(r) else ""))
+            print(
+                f"  {r['label']}: open {r['open_seconds']:.2f} s"
+                + (
+                    f", mean width {headline(r)['mean_width']:.0f}, "
+                    f"{r['epochs'][0]['tokens'] / r['epochs'][0]['cells']:.0f} real tokens/cell"
+                    if "mean_width" in headline(r)
+                    else ""
+                )
+            )
     if report["scvi_note"]:
         print(f"  peer_scvi: {report['scvi_note']}")
-    print(f"load average at start {report['loadavg_start']}, end {report['loadavg_end']}; "
-          f"total {report['total_seconds']:.0f} s")
+    print(
+        f"load average at start {report['loadavg_start']}, end {report['loadavg_end']}; "
+        f"total {report['total_seconds']:.0f} s"
+    )
     for r in report["results"]:
         if r.get("profile"):
             print(f"\n--- profile {r['label']} ---\n{r['profile']}")
@@ -501,8 +561,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n-cells", type=int, default=200_000)
     ap.add_argument("--n-genes", type=int, default=30_000)
-    ap.add_argument("--draws", type=int, default=2000,
-                    help="gene draws per cell before deduplication (2000 -> ~1.6k nonzeros)")
+    ap.add_argument(
+        "--draws",
+        type=int,
+        default=2000,
+        help="gene draws per cell before deduplication (2000 -> ~1.6k nonzeros)",
+    )
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--max-len", type=int, default=1200, help="loader tokens per cell incl. <cls>")
     ap.add_argument("--mask-ratio", type=float, default=0.15)
@@ -510,6 +574,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--cpu", type=int, default=0, help="core to pin children to (-1: no pin)")
     ap.add_argument("--scvi-python", default="/tmp/peers_scvi/bin/python")
     ap.add_argument("--skip-scvi", action="store_true")
+    ap.add_argument("--skip-peers", action="store_true", help="scfm steps only")
     ap.add_argument("--profile", action="store_true", help="cProfile the scfm steps")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)

@@ -45,28 +45,23 @@ def gene_stats(
         col_token = vocab.map_genes(read_dataframe(path, "var").index)
         with MatrixReader(path) as reader:
             for row0, block in reader.iter_chunks(chunk_cells):
-                block = block[keep[row0 : row0 + block.shape[0]]]
-                totals = np.asarray(block.sum(axis=1), dtype=np.float64).ravel()
+                sel = keep[row0 : row0 + block.shape[0]]
+                if not sel.all():
+                    block = block[sel]
                 kernels.accumulate_log_hist(
                     block.indptr.astype(np.int64),
                     block.indices,
                     block.data,
                     col_token,
-                    totals,
                     target_sum,
                     LOG2_LO,
                     float(PER_UNIT),
                     hist,
+                    sums,
                 )
-                norm = block.multiply(1.0 / np.maximum(totals, 1)[:, None] * target_sum).tocsr()
-                per_col = np.asarray(norm.sum(axis=0)).ravel()
-                ok = col_token >= 0
-                np.add.at(sums, col_token[ok], per_col[ok])
                 n_cells += block.shape[0]
     expressed = hist.sum(axis=1)
-    cum = np.cumsum(hist, axis=1)
-    mid = np.argmax(cum >= (expressed[:, None] + 1) / 2, axis=1)
-    median = np.where(expressed > 0, 2.0 ** (LOG2_LO + (mid + 0.5) / PER_UNIT), np.nan)
+    median = kernels.hist_medians(hist, LOG2_LO, float(PER_UNIT))
     table = pd.DataFrame(
         {
             "token_id": np.arange(n_tok),

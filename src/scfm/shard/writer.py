@@ -102,19 +102,22 @@ class _SplitWriter:
 
 
 def _table(
-    tokens: Tokens, *, cell_ids: np.ndarray, dataset: str, split: str, obs: Any, schema: pa.Schema
+    tokens: Tokens,
+    *,
+    cell_ids: np.ndarray,
+    dataset: str,
+    split: str,
+    labels: dict[str, np.ndarray],
+    schema: pa.Schema,
 ) -> pa.Table:
     offsets = pa.array(tokens.offsets.astype(np.int32 if tokens.offsets[-1] < 2**31 else np.int64))
     list_type = pa.ListArray if offsets.type == pa.int32() else pa.LargeListArray
     n = len(cell_ids)
     cols = {
-        "cell_id": pa.array(cell_ids.astype(str)),
+        "cell_id": pa.array(cell_ids),
         "dataset": pa.array([dataset] * n),
         "split": pa.array([split] * n),
-        **{
-            c: pa.array(obs[c].astype(str).to_numpy() if c in obs else np.full(n, "unknown"))
-            for c in OBS_FIELDS
-        },
+        **{c: pa.array(labels[c]) for c in OBS_FIELDS},
         "n_genes": pa.array(np.diff(tokens.offsets).astype(np.int32)),
         "genes": list_type.from_arrays(offsets, pa.array(tokens.genes)),
     }
@@ -164,26 +167,50 @@ def shard_dataset(
     try:
         writers = {s: _SplitWriter(tmp, s, schema, cells_per_shard) for s in SPLITS}
         per_gene = np.zeros(len(var), np.float64)
+        labels = {
+            c: obs[c].astype(str).to_numpy() if c in obs else np.full(len(obs), "unknown")
+            for c in OBS_FIELDS
+        }
+        cell_ids = obs.index.astype(str).to_numpy()
         bar = tqdm(
             total=len(obs), unit="cells", desc=f"shard {dataset}", disable=not sys.stderr.isatty()
         )
         with MatrixReader(h5ad) as reader:
             for row0, block in reader.iter_chunks(chunk_cells):
-                rows = np.arange(row0, row0 + block.shape[0])
-                sel = selected[rows]
-                block, rows = block[sel], rows[sel]
-                per_gene += np.asarray(block.sum(axis=0)).ravel()
+                n = block.shape[0]
+                # emit the chunk's cells grouped by split: each split is then a slice of the tokens
+                groups = [
+                    np.flatnonzero(selected[row0 : row0 + n] & (splits[row0 : row0 + n] == s))
+                    for s in SPLITS
+                ]
                 tokens = tokenize_csr(
                     block,
                     col_token,
                     cfg,
                     n_special=vocab.n_special,
                     n_vocab=len(vocab),
-                    seeds=cell_seeds(cfg.seed, dataset, rows),
+                    seeds=cell_seeds(cfg.seed, dataset, np.arange(row0, row0 + n)),
                     inv_median=inv_median,
+                    rows=np.concatenate(groups),
+                    col_sums=per_gene,
                 )
-                _write_chunk(writers, tokens, rows, splits, obs, dataset, schema)
-                bar.update(len(sel))
+                start = 0
+                for s, idx in zip(SPLITS, groups, strict=True):
+                    if idx.size:
+                        rows = row0 + idx
+                        part = tokens.slice(start, start + idx.size)
+                        writers[s].write(
+                            _table(
+                                part,
+                                cell_ids=cell_ids[rows],
+                                dataset=dataset,
+                                split=s,
+                                labels={c: v[rows] for c, v in labels.items()},
+                                schema=schema,
+                            )
+                        )
+                    start += idx.size
+                bar.update(n)
         bar.close()
         frac, n_missing = gene_coverage(per_gene, col_token)
         if frac > cfg.max_missing_fraction:
@@ -241,45 +268,6 @@ def shard_dataset(
         manifest["splits"],
     )
     return manifest
-
-
-def _write_chunk(
-    writers: dict[str, _SplitWriter],
-    tokens: Tokens,
-    rows: np.ndarray,
-    splits: np.ndarray,
-    obs: Any,
-    dataset: str,
-    schema: pa.Schema,
-) -> None:
-    chunk_splits = splits[rows]
-    for s, w in writers.items():
-        idx = np.flatnonzero(chunk_splits == s)
-        if idx.size == 0:
-            continue
-        sub = _subset(tokens, idx)
-        w.write(
-            _table(
-                sub,
-                cell_ids=obs.index.to_numpy()[rows[idx]],
-                dataset=dataset,
-                split=s,
-                obs=obs.iloc[rows[idx]],
-                schema=schema,
-            )
-        )
-
-
-def _subset(tokens: Tokens, idx: np.ndarray) -> Tokens:
-    if idx.size == tokens.n_cells:
-        return tokens
-    lengths = np.diff(tokens.offsets)[idx]
-    starts = tokens.offsets[idx]
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    # flat gather of the selected cells' slices, without a per-cell loop
-    gather = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
-    values = tokens.values[gather] if tokens.values is not None else None
-    return Tokens(offsets=offsets, genes=tokens.genes[gather], values=values)
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:

@@ -116,15 +116,22 @@ def tokenize_rows(
     inv_median,
     panel_size,
     n_special,
+    rows,
     out_offsets,
     out_genes,
     out_ivalues,
     out_fvalues,
+    col_sums,
 ):
-    """Tokenize each CSR row; see :func:`scfm.tokenize.tokenizers.tokenize_csr` for semantics."""
-    n_rows = indptr.shape[0] - 1
+    """Tokenize the CSR ``rows`` in that order (see ``tokenizers.tokenize_csr``).
+
+    Emitting rows in a caller-given order lets a caller group cells (e.g. by split) without
+    copying the matrix or the tokens; ``col_sums`` accumulates each column's counts.
+    """
+    n_rows = rows.shape[0]
     width = 1
-    for r in range(n_rows):
+    for i in range(n_rows):
+        r = rows[i]
         width = max(width, indptr[r + 1] - indptr[r])
     tok = np.empty(width, np.int32)
     icnt = np.empty(width, np.int64)
@@ -140,12 +147,14 @@ def tokenize_rows(
     bins = n_bins - 1
     top = hist.shape[0] - 1
     pos = 0
-    for r in range(n_rows):
-        out_offsets[r] = pos
+    for i_out in range(n_rows):
+        r = rows[i_out]
+        out_offsets[i_out] = pos
         # gather the expressed vocabulary genes; histogram their counts on the way
         m = 0
         mx = 0
         for k in range(indptr[r], indptr[r + 1]):
+            col_sums[indices[k]] += data[k]
             t = col_token[indices[k]]
             if t >= 0 and data[k] > 0:
                 c = np.int64(data[k])
@@ -211,8 +220,10 @@ def tokenize_rows(
                     dense_i[tok[i] - n_special] = _int_value(kind, icnt[i], lt, m, bins, cap)
             for j in range(panel_size):
                 out_genes[pos + j] = n_special + j
-                out_ivalues[pos + j] = dense_i[j]
-                out_fvalues[pos + j] = dense_f[j]
+                if kind == CONTINUOUS:
+                    out_fvalues[pos + j] = dense_f[j]
+                else:
+                    out_ivalues[pos + j] = dense_i[j]
             pos += panel_size
         else:
             if mode == RANDOM and s < m:
@@ -254,18 +265,43 @@ def tokenize_rows(
 
 
 @njit(cache=True)
-def accumulate_log_hist(indptr, indices, data, col_token, totals, target_sum, lo, per_unit, hist):
-    """Add each expressed gene's log2(normalised count) to its histogram row (gene medians)."""
+def accumulate_log_hist(indptr, indices, data, col_token, target_sum, lo, per_unit, hist, sums):
+    """Add log2(normalised count) of each expressed gene to its histogram row, the value to sums."""
     n_rows = indptr.shape[0] - 1
     n_bins = hist.shape[1]
     for r in range(n_rows):
-        if totals[r] <= 0:
+        total = 0.0
+        for k in range(indptr[r], indptr[r + 1]):
+            total += data[k]
+        if total <= 0:
             continue
-        scale = target_sum / totals[r]
+        scale = target_sum / total
         for k in range(indptr[r], indptr[r + 1]):
             t = col_token[indices[k]]
             if t < 0 or data[k] <= 0:
                 continue
-            b = int(np.floor((np.log2(data[k] * scale) - lo) * per_unit))
-            b = min(max(b, 0), n_bins - 1)
-            hist[t, b] += 1
+            v = data[k] * scale
+            sums[t] += v
+            b = int(np.floor((np.log2(v) - lo) * per_unit))
+            hist[t, min(max(b, 0), n_bins - 1)] += 1
+
+
+@njit(cache=True)
+def hist_medians(hist, lo, per_unit):
+    """Median of each histogram row (bin centre, in linear units); NaN for empty rows."""
+    n, n_bins = hist.shape
+    out = np.full(n, np.nan)
+    for t in range(n):
+        total = 0
+        for b in range(n_bins):
+            total += hist[t, b]
+        if total == 0:
+            continue
+        half = (total + 1) / 2
+        run = 0
+        for b in range(n_bins):
+            run += hist[t, b]
+            if run >= half:
+                out[t] = 2.0 ** (lo + (b + 0.5) / per_unit)
+                break
+    return out

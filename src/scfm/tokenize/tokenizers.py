@@ -75,8 +75,12 @@ class TokenizerConfig:
             problems.append(f"max_len: {self.max_len} < 2; expected room for <cls> and a gene")
         if self.n_bins < 2:
             problems.append(f"n_bins: {self.n_bins} < 2; expected 0 for zero plus at least one bin")
-        if self.vocab_size < 2:
-            problems.append(f"vocab_size: {self.vocab_size} < 2")
+        if not 2 <= self.vocab_size <= 32767:
+            problems.append(
+                f"vocab_size: {self.vocab_size}; expected 2..32767 (int16 value tokens)"
+            )
+        if self.n_bins > 32767:
+            problems.append(f"n_bins: {self.n_bins}; expected at most 32767 (int16 value tokens)")
         if self.kind == "rank" and self.genes != "nonzero":
             problems.append("genes: rank encoding orders the expressed genes; expected 'nonzero'")
         if problems:
@@ -118,6 +122,14 @@ class Tokens:
         """Number of cells."""
         return len(self.offsets) - 1
 
+    def slice(self, start: int, stop: int) -> Tokens:
+        """Cells ``start:stop`` as views (no copy of the tokens)."""
+        lo, hi = int(self.offsets[start]), int(self.offsets[stop])
+        values = None if self.values is None else self.values[lo:hi]
+        return Tokens(
+            offsets=self.offsets[start : stop + 1] - lo, genes=self.genes[lo:hi], values=values
+        )
+
 
 def cell_seeds(seed: int, dataset: str, rows: np.ndarray) -> np.ndarray:
     """Per-cell seeds from the tokenizer seed, the dataset name and each cell's row index."""
@@ -134,6 +146,8 @@ def tokenize_csr(
     n_vocab: int,
     seeds: np.ndarray | None = None,
     inv_median: np.ndarray | None = None,
+    rows: np.ndarray | None = None,
+    col_sums: np.ndarray | None = None,
 ) -> Tokens:
     """Tokenize a CSR block of raw counts (cells x dataset genes).
 
@@ -151,31 +165,39 @@ def tokenize_csr(
         Per-cell seeds (``genes: random``); see :func:`cell_seeds`.
     inv_median
         ``1 / median_g`` per token id (``rank``).
+    rows
+        Rows of ``block`` to tokenize, in output order (default: all, in order); per-cell
+        ``seeds`` are indexed by row of ``block``.
+    col_sums
+        If given (float64, one per column), each column's counts over all rows are added to it.
     """
     block = sp.csr_matrix(block)
-    n = block.shape[0]
-    data = block.data
+    rows = np.arange(block.shape[0]) if rows is None else np.asarray(rows, dtype=np.int64)
+    n = len(rows)
     totals = np.asarray(block.sum(axis=1), dtype=np.float64).ravel()
     panel = n_vocab - n_special if cfg.genes == "panel" else 0
     if panel > cfg.max_len:
         raise ValueError(f"tokenizer genes: panel has {panel} genes > max_len {cfg.max_len}")
     limit = {"top_k": min(cfg.top_k, cfg.max_len)}.get(cfg.genes, cfg.max_len)
-    per_row = np.diff(block.indptr)
+    per_row = np.diff(block.indptr)[rows]
     size = int(n * panel) if panel else int(np.minimum(per_row, limit).sum())
     offsets = np.empty(n + 1, np.int64)
     genes = np.empty(size, np.int32)
-    ivals = np.empty(size, np.int32)
-    fvals = np.empty(size, np.float32)
+    # only the array of this kind's values is sized; the kernel never touches the other one
+    ivals = np.empty(size if cfg.value_kind in ("bin", "count") else 0, np.int16)
+    fvals = np.empty(size if cfg.value_kind == "float" else 0, np.float32)
     if inv_median is None:
         if cfg.kind == "rank":
             raise ValueError("rank tokenizer needs the corpus gene medians")
         inv_median = np.ones(1, np.float64)
     if seeds is None:
-        seeds = cell_seeds(cfg.seed, "", np.arange(n))
+        seeds = cell_seeds(cfg.seed, "", np.arange(block.shape[0]))
+    if col_sums is None:
+        col_sums = np.zeros(block.shape[1], np.float64)
     kernels.tokenize_rows(
         block.indptr.astype(np.int64, copy=False),
         block.indices,
-        data,
+        block.data,
         np.ascontiguousarray(col_token, dtype=np.int32),
         totals,
         seeds.astype(np.uint64),
@@ -188,15 +210,17 @@ def tokenize_csr(
         np.ascontiguousarray(inv_median, dtype=np.float64),
         panel,
         n_special,
+        rows,
         offsets,
         genes,
         ivals,
         fvals,
+        col_sums,
     )
     used = int(offsets[-1])
     values: np.ndarray | None
     if cfg.value_kind in ("bin", "count"):
-        values = ivals[:used].astype(np.int16)
+        values = ivals[:used]
     elif cfg.value_kind == "float":
         values = fvals[:used]
     else:
