@@ -47,6 +47,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from scfm.errors import ScfmConfigError, ScfmInputError
+from scfm.io.download import hash_file
 
 ValueKind = Literal["bin", "count", "float", "none"]
 PadTo = Literal["longest", "max_len"]
@@ -359,19 +360,15 @@ def _check_split_count(path: Path, manifest: dict[str, Any], split: str, n_cells
 
 
 def _verify_sha256(info: ShardInfo) -> None:
-    digest = hashlib.sha256()
     try:
-        with open(info.path, "rb") as f:
-            while chunk := f.read(1 << 23):
-                digest.update(chunk)
+        digest = hash_file(info.path)
     except FileNotFoundError:
         raise ScfmInputError(info.path, "file", "missing", "the shard the manifest lists") from None
-    if digest.hexdigest() != info.sha256.lower():
+    if digest != info.sha256.lower():
         raise ScfmInputError(
             info.path,
             "sha256",
-            f"{digest.hexdigest()} differs from the manifest's "
-            f"{info.sha256} (corrupt or truncated file)",
+            f"{digest} differs from the manifest's {info.sha256} (corrupt or truncated file)",
             "the bytes the sharding stage wrote",
         )
 
