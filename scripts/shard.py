@@ -1,5 +1,7 @@
 """Snakemake adapter: rule shard -> scfm.shard.shard_dataset."""
 
+from pathlib import Path
+
 import _scfm_path  # noqa: F401 - makes this checkout's src/ importable in any env
 
 from scfm.logs import setup_logging
@@ -15,6 +17,7 @@ shard_dataset(
     split=snakemake.params.split,
     keep=snakemake.params.keep,
     gene_stats=snakemake.input.stats or None,
+    source_sha256=Path(snakemake.input.sha256).read_text().split()[0],
     cells_per_shard=snakemake.params.cells_per_shard,
     chunk_cells=snakemake.params.chunk_cells,
 )

@@ -36,6 +36,7 @@ rule gene_stats:
 rule shard:
     input:
         h5ad="results/qc/{dataset}.h5ad",
+        sha256="results/qc/{dataset}.h5ad.sha256",
         vocab="results/corpus/{corpus}/vocab.tsv",
         stats=get_shard_stats,
     output:

@@ -25,3 +25,16 @@ rule qc:
         compression=config["io"]["compression"],
     script:
         "../../scripts/qc.py"
+
+
+rule checksum:
+    input:
+        h5ad="results/qc/{dataset}.h5ad",
+    output:
+        sha256="results/qc/{dataset}.h5ad.sha256",
+    log:
+        "logs/checksum/{dataset}.log",
+    conda:
+        "../../envs/rna.yaml"
+    script:
+        "../../scripts/checksum.py"

@@ -138,11 +138,13 @@ def shard_dataset(
     gene_stats: str | Path | None = None,
     cells_per_shard: int = 16384,
     chunk_cells: int = 20000,
+    source_sha256: str | None = None,
 ) -> dict[str, Any]:
     """Tokenize one QC'd dataset into ``out_dir/<split>/shard-NNNNN.arrow`` + ``manifest.json``.
 
     The directory is built under a temporary name beside ``out_dir`` and renamed when complete.
-    Returns the dataset manifest.
+    ``source_sha256`` is the input's checksum if already known (hashing a multi-GB h5ad in every
+    shard job of every tokenizer would cost as much as tokenizing it). Returns the manifest.
     """
     h5ad, out_dir = Path(h5ad), Path(out_dir)
     cfg = TokenizerConfig.from_config(tokenizer)
@@ -236,7 +238,7 @@ def shard_dataset(
         manifest = {
             "dataset": dataset,
             "source": str(h5ad),
-            "source_sha256": hash_file(h5ad),
+            "source_sha256": source_sha256 or hash_file(h5ad),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "scfm_version": __version__,
             "vocab_hash": vocab.hash,
