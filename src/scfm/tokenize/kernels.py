@@ -238,6 +238,20 @@ def tokenize_rows(
                     order[j], order[pick] = order[pick], order[j]
                     keep[order[j]] = True
             j = 0
+            if s < m and mode != RANDOM and small and kind != CONTINUOUS:
+                # the common case, branch-free: every gene is written at j, which advances only
+                # for kept genes (callers leave one slot of slack after the last row)
+                for i in range(m):
+                    c = icnt[i]
+                    at = np.int64(c == vstar) * np.int64(ties > 0)
+                    ties -= at
+                    out_genes[pos + j] = tok[i]
+                    out_ivalues[pos + j] = _int_value(kind, c, hist[c], m, bins, cap)
+                    j += np.int64(c > vstar) + at
+                pos += s
+                if small:
+                    hist[: mx + 1] = 0
+                continue
             for i in range(m):
                 c = icnt[i]
                 if s < m:

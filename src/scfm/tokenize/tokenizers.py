@@ -182,9 +182,10 @@ def tokenize_csr(
     per_row = np.diff(block.indptr)[rows]
     size = int(n * panel) if panel else int(np.minimum(per_row, limit).sum())
     offsets = np.empty(n + 1, np.int64)
-    genes = np.empty(size, np.int32)
+    # one slot of slack: the kernel's branch-free selection may write one past a row's end
+    genes = np.empty(size + 1, np.int32)
     # only the array of this kind's values is sized; the kernel never touches the other one
-    ivals = np.empty(size if cfg.value_kind in ("bin", "count") else 0, np.int16)
+    ivals = np.empty(size + 1 if cfg.value_kind in ("bin", "count") else 0, np.int16)
     fvals = np.empty(size if cfg.value_kind == "float" else 0, np.float32)
     if inv_median is None:
         if cfg.kind == "rank":
