@@ -14,7 +14,7 @@ max_len 1200, every cell in ``train``) + corpus manifest (``merge_manifests``).
 
 Steps, each in a fresh Python process pinned to one core (``taskset -c <cpu>``,
 ``OMP/MKL/OPENBLAS/NUMBA_NUM_THREADS=1``, ``torch.set_num_threads(1)``); peak RSS is the child's
-``VmHWM`` (helpers imported from ``bench_standardize_qc``); imports and opening are not timed:
+``VmHWM`` (helpers in ``_harness.py``); imports and opening are not timed:
 
 * ``baseline``        imports only (scfm loader, anndata, torch);
 * ``scfm_longest``    ``CorpusLoader(num_workers=0)``, shuffle, mask 0.15, batch 64, max_len 1200,
@@ -42,44 +42,30 @@ padding); scfm delivers model-ready tensors. Quick check (~1 min)::
 from __future__ import annotations
 
 import argparse
-import contextlib
-import cProfile
-import io
 import json
 import logging
 import os
-import pstats
 import shutil
-import subprocess
 import sys
 import time
-import warnings
 from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_standardize_qc import (  # noqa: E402
-    file_size,
-    gene_cdf,
-    gib,
-    machine_info,
-    peak_rss,
-    synthetic_chunk,
-    synthetic_var,
-)
+import _harness  # noqa: E402
+from _harness import file_size, gib  # noqa: E402
+from bench_standardize_qc import gene_cdf, synthetic_chunk, synthetic_var  # noqa: E402
 
 DEFAULT_OUT = HERE / "out"
 DATASET = "synthetic"
 GOAL = 30_000  # cells/s per core, the issue's goal
 TOKENIZER = {"kind": "binned", "n_bins": 51, "max_len": 1200}  # config/config.yaml default
 SPLIT = {"by": "cell", "val": 0.0, "test": 0.0, "seed": 0}  # every cell in train
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
 PACKAGES = ("torch", "pyarrow", "numba")
 SCFM_FREE = {"peer_scvi"}  # steps that run in the peer's interpreter, without scfm
 
@@ -87,21 +73,6 @@ SCFM_FREE = {"peer_scvi"}  # steps that run in the peer's interpreter, without s
 # --------------------------------------------------------------------------------------------
 # Input: synthetic QC'd h5ad -> vocab -> shards -> corpus manifest
 # --------------------------------------------------------------------------------------------
-
-
-def synthetic_obs(n_cells: int) -> pd.DataFrame:
-    """QC'd-style obs: ``cell_type`` (20), ``batch`` (8), ``donor`` (16), ``dataset``."""
-    i = np.arange(n_cells)
-    batch = (i * 8) // max(n_cells, 1)
-    return pd.DataFrame(
-        {
-            "cell_type": pd.Categorical([f"type{t}" for t in (i * 7919) % 20]),
-            "batch": pd.Categorical([f"b{b}" for b in batch]),
-            "donor": pd.Categorical([f"d{2 * b + (j % 2)}" for j, b in enumerate(batch)]),
-            "dataset": pd.Categorical([DATASET] * n_cells),
-        },
-        index=pd.Index([f"cell{j:08d}" for j in i]),
-    )
 
 
 def generate_h5ad(path: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -120,10 +91,9 @@ def generate_h5ad(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     cdf = gene_cdf(args.n_genes, rng)
     n_cells_per_gene = np.zeros(args.n_genes, np.int64)
     nnz = 0
+    obs = _harness.synthetic_obs(args.n_cells, DATASET)
     with atomic_path(path, suffix=".tmp.h5ad") as tmp:
-        with CsrH5adWriter(
-            tmp, obs=synthetic_obs(args.n_cells), var=var, dtype=np.float32, compression=None
-        ) as writer:
+        with CsrH5adWriter(tmp, obs=obs, var=var, dtype=np.float32, compression=None) as writer:
             for start in range(0, args.n_cells, 20000):
                 n = min(20000, args.n_cells - start)
                 data, indices, indptr = synthetic_chunk(rng, n, args.n_genes, args.draws, cdf)
@@ -351,66 +321,38 @@ STEPS = {
 }
 
 
-def run_child(step: str, spec: dict[str, Any]) -> None:
-    """Inside the child: run one step, write its result as JSON."""
-    logging.basicConfig(level=logging.WARNING)
-    warnings.simplefilter("ignore")
-    if step not in SCFM_FREE:
-        step_baseline(spec)  # imports are not timed
+def _one_torch_thread() -> None:
     import torch
 
     torch.set_num_threads(1)
-    profiler = cProfile.Profile() if spec.get("profile") else None
-    load0 = os.getloadavg()[0]
-    t0 = time.perf_counter()
-    if profiler:
-        profiler.enable()
-    result = STEPS[step](spec)
-    if profiler:
-        profiler.disable()
-    result["seconds_step"] = time.perf_counter() - t0
-    result["peak_rss"] = peak_rss()
-    result["loadavg_1min"] = [load0, os.getloadavg()[0]]
-    if profiler:
-        buf = io.StringIO()
-        stats = pstats.Stats(profiler, stream=buf).sort_stats("tottime")
-        stats.print_stats(25)
-        buf.write("\n--- by cumulative time ---\n")
-        stats.sort_stats("cumulative").print_stats(30)
-        stats.dump_stats(Path(spec["work"]) / f"profile_{spec['label']}.pstats")
-        result["profile"] = buf.getvalue()
-    Path(spec["result"]).write_text(json.dumps(result))
+
+
+def run_child(step: str, spec: dict[str, Any]) -> None:
+    """Inside the child: run one step, write its result as JSON."""
+    # imports are not timed: step_baseline runs first, except in the peer's interpreter
+    _harness.run_child(
+        step,
+        spec,
+        STEPS,
+        step_baseline,
+        no_baseline=SCFM_FREE,
+        ignore_warnings=Warning,
+        setup=_one_torch_thread,
+        top_cumulative=30,
+        loadavg=True,
+    )
 
 
 def run_step(
     step: str, label: str, spec: dict[str, Any], ctx: dict[str, Any], python: str | None = None
 ) -> dict[str, Any] | None:
     """Run ``step`` in a fresh interpreter pinned to one core; None if it failed."""
-    work = ctx["work"]
-    spec = {**spec, "label": label, "work": str(work), "result": str(work / f"{label}.json")}
-    Path(spec["result"]).unlink(missing_ok=True)
-    cmd = [
-        python or sys.executable,
-        str(Path(__file__).resolve()),
-        "--child-step",
-        step,
-        "--child-spec",
-        json.dumps(spec),
-    ]
-    if ctx["cpu"] is not None and shutil.which("taskset"):
-        cmd = ["taskset", "-c", str(ctx["cpu"]), *cmd]
-    env = {**os.environ, **dict.fromkeys(THREAD_VARS, "1")}
-    log_path = work / f"{label}.log"
-    print(f"  {label} ...", end="", flush=True)
-    t0 = time.perf_counter()
-    with log_path.open("w") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        print(f" failed (exit {proc.returncode}); see {log_path}")
-        print(log_path.read_text()[-2000:])
+    run = _harness.run_step(
+        __file__, step, label, spec, python=python, one_thread=True, exit_on_failure=False, **ctx
+    )
+    if run is None:
         return None
-    result = json.loads(Path(spec["result"]).read_text())
+    result, _, wall = run
     result.update(label=label, step=step, wall_process=wall)
     rates = ", ".join(f"{e['cells_per_s']:,.0f}" for e in result.get("epochs", []))
     print(
@@ -491,14 +433,11 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
             results.append({**r, "label": label, "round": rnd})
     if scvi_note:
         print(f"  peer_scvi: {scvi_note}")
-    versions = {}
-    for p in PACKAGES:
-        with contextlib.suppress(PackageNotFoundError):
-            versions[p] = version(p)
+    versions = _harness.package_versions(PACKAGES, skip_missing=True)
     return {
-        "args": {k: v for k, v in vars(args).items() if not k.startswith("child")},
+        "args": _harness.report_args(args),
         "command": " ".join([".venv/bin/python", "benchmarks/bench_loader.py", *sys.argv[1:]]),
-        "machine": {**machine_info(), "more_versions": versions},
+        "machine": {**_harness.machine_info(), "more_versions": versions},
         "loadavg_start": load_start,
         "loadavg_end": os.getloadavg(),
         "total_seconds": time.perf_counter() - t_start,
@@ -528,12 +467,14 @@ def markdown_table(report: dict[str, Any]) -> str:
     rows = median_rounds(report["results"])
     by = {r["label"]: r for r in rows}
     scfm = by.get("scfm_longest")
-    lines = [
-        "| step | delivers | cells timed | time (s) | cells/s (warm, median round) | "
-        "rounds (cells/s) | vs goal 30k | scfm_longest / this | peak RSS (GiB) | "
-        "load avg (1 min) |",
-        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|",
-    ]
+    lines = _harness.md_header(
+        [
+            *("step", "delivers", "cells timed", "time (s)", "cells/s (warm, median round)"),
+            *("rounds (cells/s)", "vs goal 30k", "scfm_longest / this", "peak RSS (GiB)"),
+            "load avg (1 min)",
+        ],
+        "llrrrlrrrr",
+    )
     for r in rows:
         if r["label"] == "baseline":
             lines.append(
@@ -585,13 +526,11 @@ def print_report(report: dict[str, Any]) -> None:
         f"load average at start {report['loadavg_start']}, end {report['loadavg_end']}; "
         f"total {report['total_seconds']:.0f} s"
     )
-    for r in report["results"]:
-        if r.get("profile"):
-            print(f"\n--- profile {r['label']} ---\n{r['profile']}")
+    _harness.print_profiles(report["results"], title="")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = _harness.arg_parser(__doc__, STEPS)
     ap.add_argument("--n-cells", type=int, default=200_000)
     ap.add_argument("--n-genes", type=int, default=30_000)
     ap.add_argument(
@@ -614,15 +553,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--tag", default="")
     ap.add_argument("--regenerate", action="store_true")
-    ap.add_argument("--child-step", choices=sorted(STEPS), help=argparse.SUPPRESS)
-    ap.add_argument("--child-spec", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.child_step:
-        run_child(args.child_step, json.loads(args.child_spec))
+    if _harness.child_dispatch(args, run_child):
         return
     report = run_all(args)
     print_report(report)

@@ -3,7 +3,7 @@
 Generates (and caches under ``benchmarks/out/``) a synthetic raw-count h5ad of ``--n-cells``
 cells x ``--n-genes`` genes, written chunk by chunk so that generating it needs bounded memory.
 Then runs each step in its own fresh Python subprocess and records its wall time and peak RSS
-(the child's ``VmHWM``, see :func:`peak_rss`):
+(the child's ``VmHWM``, see :func:`_harness.peak_rss`):
 
 * ``baseline``      import scfm, anndata and scanpy only: the RSS floor of every step (each
                     child imports them before its timer starts);
@@ -26,19 +26,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import cProfile
-import io
 import json
-import logging
-import os
-import platform
-import pstats
-import subprocess
 import sys
 import time
-import warnings
-from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +36,14 @@ import numpy as np
 import pandas as pd
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+import _harness  # noqa: E402
+from _harness import file_size, gib  # noqa: E402
+
 DEFAULT_OUT = HERE / "out"
 DATASET = "bench"
 N_MITO = 13
 N_RIBO = 80
-PACKAGES = ("scfm", "anndata", "scanpy", "numpy", "scipy", "h5py", "pandas")
 
 
 # --------------------------------------------------------------------------------------------
@@ -142,14 +134,6 @@ def generate(path: Path, args: argparse.Namespace) -> dict[str, Any]:
             writer.append(sp.csr_matrix((data, indices, indptr), shape=(n, args.n_genes)))
             nnz += data.size
     return {"seconds": time.perf_counter() - t0, "nnz": nnz}
-
-
-def matrix_nnz(path: Path) -> int:
-    """Stored nonzeros of ``X`` in an h5ad."""
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        return int(f["X/data"].shape[0])
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,67 +278,19 @@ STEPS = {
 }
 
 
-def peak_rss() -> int:
-    """Peak RSS of this process in bytes: ``VmHWM`` from ``/proc/self/status`` on Linux.
-
-    Not ``ru_maxrss``: Linux carries the parent's high-water mark over ``fork``+``exec`` into the
-    child's ``ru_maxrss`` (and ``RUSAGE_CHILDREN`` is the maximum over all children so far), so
-    a driver that just generated a large input would inflate every step. ``VmHWM`` belongs to
-    the address space that ``exec`` created.
-    """
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    import resource
-
-    scale = 1 if sys.platform == "darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-
-
 def run_child(step: str, spec: dict[str, Any]) -> None:
     """Entry point inside the child: run one step, write its timings as JSON."""
-    logging.basicConfig(level=logging.WARNING)
-    warnings.simplefilter("ignore", FutureWarning)
-    if step != "baseline":
-        step_baseline(spec)  # imports are not timed: every step starts from the same floor
-    profiler = cProfile.Profile() if spec.get("profile") else None
-    t0 = time.perf_counter()
-    if profiler:
-        profiler.enable()
-    result = STEPS[step](spec)
-    if profiler:
-        profiler.disable()
-    result["seconds"] = time.perf_counter() - t0
-    result["peak_rss"] = peak_rss()
-    if profiler:
-        buf = io.StringIO()
-        stats = pstats.Stats(profiler, stream=buf).sort_stats("tottime")
-        stats.print_stats(25)
-        stats.dump_stats(Path(spec["work"]) / f"profile_{spec['label']}.pstats")
-        result["profile"] = buf.getvalue()
-    Path(spec["result"]).write_text(json.dumps(result))
+    # imports are not timed: every step starts from the same floor
+    _harness.run_child(
+        step, spec, STEPS, step_baseline, no_baseline={"baseline"}, seconds_key="seconds"
+    )
 
 
 def run_step(step: str, label: str, spec: dict[str, Any], work: Path) -> dict[str, Any]:
     """Run ``step`` in a fresh interpreter; return its result with peak RSS and wall time."""
-    spec = {**spec, "label": label, "work": str(work), "result": str(work / f"{label}.json")}
-    Path(spec["result"]).unlink(missing_ok=True)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child-step", step]
-    cmd += ["--child-spec", json.dumps(spec)]
-    log_path = work / f"{label}.log"
-    print(f"  running {label} ...", end="", flush=True)
-    t0 = time.perf_counter()
-    with log_path.open("w") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        print(" failed")
-        sys.exit(
-            f"step {label} failed (exit {proc.returncode}); see {log_path}:\n"
-            + log_path.read_text()[-3000:]
-        )
-    result = json.loads(Path(spec["result"]).read_text())
+    result, spec, wall = _harness.run_step(
+        __file__, step, label, spec, work=work, announce="  running {label} ..."
+    )
     result.update(label=label, step=step, output=spec.get("output"), wall_process=wall)
     print(f" {result['seconds']:.1f} s, peak RSS {gib(result['peak_rss']):.2f} GiB")
     return result
@@ -363,50 +299,6 @@ def run_step(step: str, label: str, spec: dict[str, Any], work: Path) -> dict[st
 # --------------------------------------------------------------------------------------------
 # Driver and report
 # --------------------------------------------------------------------------------------------
-
-
-def gib(n_bytes: float) -> float:
-    """Bytes to GiB."""
-    return n_bytes / 2**30
-
-
-def file_size(path: str | Path) -> int:
-    """Size in bytes, 0 if missing."""
-    p = Path(path)
-    return p.stat().st_size if p.exists() else 0
-
-
-def machine_info() -> dict[str, Any]:
-    """Cores, memory, Python and package versions, git commit."""
-    import psutil
-
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        commit += " (+ uncommitted changes)" if dirty else ""
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    vm = psutil.virtual_memory()
-    return {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "nproc": os.cpu_count(),
-        "cpu": platform.processor() or platform.machine(),
-        "mem_total_gib": round(gib(vm.total), 1),
-        "mem_available_gib": round(gib(vm.available), 1),
-        "python": platform.python_version(),
-        "versions": {p: version(p) for p in PACKAGES},
-        "commit": commit,
-    }
 
 
 def run_all(args: argparse.Namespace) -> dict[str, Any]:
@@ -422,7 +314,7 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
         print(f"  {gen['seconds']:.1f} s")
     else:
         print(f"reusing {src}")
-    gen.update(path=str(src), size=file_size(src), nnz=matrix_nnz(src))
+    gen.update(path=str(src), size=file_size(src), nnz=_harness.h5ad_nnz(src))
     base = {"chunk_cells": args.chunk_cells, "profile": args.profile}
     results = [run_step("baseline", "baseline", base, work)]
     for comp in args.compression:
@@ -447,8 +339,8 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
         r["cells"] = 0 if r["step"] == "baseline" else args.n_cells
         r["out_size"] = file_size(r["output"]) if r.get("output") else 0
     return {
-        "args": {k: v for k, v in vars(args).items() if not k.startswith("child")},
-        "machine": machine_info(),
+        "args": _harness.report_args(args),
+        "machine": _harness.machine_info(),
         "input": gen,
         "results": results,
     }
@@ -483,22 +375,20 @@ def ratios(report: dict[str, Any]) -> list[str]:
 
 def markdown_table(report: dict[str, Any]) -> str:
     """The results as a Markdown table."""
-    head = (
-        "| step | time (s) | cells/s | peak RSS (GiB) | output (GiB) | detail |\n"
-        "|---|---:|---:|---:|---:|---|\n"
+    rows = _harness.md_header(
+        ["step", "time (s)", "cells/s", "peak RSS (GiB)", "output (GiB)", "detail"], "lrrrrl"
     )
-    rows = []
     for r in report["results"]:
         rate = f"{r['cells'] / r['seconds']:,.0f}" if r["cells"] else "-"
         detail = ", ".join(f"{k} {v:.1f} s" for k, v in r.get("parts", {}).items())
         if "kept_cells" in r:
             detail += f"; kept {r['kept_cells']:,} cells x {r['kept_genes']:,} genes"
         out = f"{gib(r['out_size']):.2f}" if r["out_size"] else "-"
+        rss = f"{gib(r['peak_rss']):.2f}"
         rows.append(
-            f"| {r['label']} | {r['seconds']:.1f} | {rate} | "
-            f"{gib(r['peak_rss']):.2f} | {out} | {detail.strip('; ')} |"
+            _harness.md_row([r["label"], f"{r['seconds']:.1f}", rate, rss, out, detail.strip("; ")])
         )
-    return head + "\n".join(rows) + "\n"
+    return "\n".join(rows) + "\n"
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -515,20 +405,17 @@ def print_report(report: dict[str, Any]) -> None:
         f"machine: {m['nproc']} cores, {m['mem_total_gib']} GiB RAM "
         f"({m['mem_available_gib']} GiB available), Python {m['python']}, commit {m['commit']}"
     )
-    print("versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()))
+    print(_harness.versions_line(m["versions"]))
     print()
     print(markdown_table(report))
     for line in ratios(report):
         print(line)
-    for r in report["results"]:
-        if r.get("profile"):
-            print(f"\n--- profile {r['label']} (top by own time) ---")
-            print(r["profile"])
+    _harness.print_profiles(report["results"])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = _harness.arg_parser(__doc__, STEPS)
     ap.add_argument("--n-cells", type=int, default=1_000_000)
     ap.add_argument("--n-genes", type=int, default=20_000)
     ap.add_argument("--nnz-per-cell", type=int, default=300, help="mean genes detected per cell")
@@ -551,16 +438,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="cProfile the scfm steps; print the top functions (slower)",
     )
-    ap.add_argument("--child-step", choices=sorted(STEPS), help=argparse.SUPPRESS)
-    ap.add_argument("--child-spec", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark (or, internally, one step of it)."""
     args = parse_args(argv)
-    if args.child_step:
-        run_child(args.child_step, json.loads(args.child_spec))
+    if _harness.child_dispatch(args, run_child):
         return
     report = run_all(args)
     print_report(report)

@@ -2,7 +2,7 @@
 
 Three measurements (issue 3), every step in its own fresh Python process pinned to one core
 (``taskset -c 0`` and ``OMP/MKL/OPENBLAS/NUMBA_NUM_THREADS=1``), peak RSS = the child's
-``VmHWM`` (helpers shared with ``bench_standardize_qc.py``):
+``VmHWM`` (helpers in ``_harness.py``, shared with the other benchmarks):
 
 1. **Tokenize only**, an in-memory CSR (``--tok-cells`` x ``--n-genes``, ~``--nnz`` nonzeros per
    cell): scfm ``tokenize_csr`` for binned, rank (gene medians given), continuous and counts,
@@ -32,15 +32,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import cProfile
-import io
 import json
 import logging
 import os
-import pstats
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -55,14 +51,14 @@ import pandas as pd
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_standardize_qc import file_size, gib, machine_info, peak_rss  # noqa: E402
+import _harness  # noqa: E402
+from _harness import file_size, gib  # noqa: E402
 
 ROOT = HERE.parent
 DEFAULT_OUT = HERE / "out"
 REAL_DIR = ROOT.parent / "shared" / "data" / "rna"
 N_SPECIAL = 38  # scfm's specials with the default 32 condition tokens
 PACKAGES = ("numba", "pyarrow")
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
 SPLIT = {"by": "cell", "val": 0.05, "test": 0.05, "seed": 0}
 
 # The tokenizers measured: the config defaults (config/config.yaml) plus binned over every
@@ -162,28 +158,13 @@ class Synth:
         )
 
 
-def synthetic_obs(n_cells: int) -> pd.DataFrame:
-    """``cell_type`` (20), ``batch`` (8, contiguous), ``donor`` (16) and ``dataset``."""
-    i = np.arange(n_cells)
-    batch = (i * 8) // max(n_cells, 1)
-    return pd.DataFrame(
-        {
-            "cell_type": pd.Categorical([f"type{t}" for t in (i * 7919) % 20]),
-            "batch": pd.Categorical([f"b{b}" for b in batch]),
-            "donor": pd.Categorical([f"d{2 * b + (j % 2)}" for j, b in enumerate(batch)]),
-            "dataset": pd.Categorical(["synthetic"] * n_cells),
-        },
-        index=pd.Index([f"cell{j:08d}" for j in i]),
-    )
-
-
 def write_synthetic_h5ad(path: Path, n_cells: int, synth: Synth, chunk: int = 20000) -> float:
     """Write the h5ad chunk by chunk (float32 CSR, uncompressed); returns seconds."""
     from scfm.atomic import atomic_path
     from scfm.io.h5ad import CsrH5adWriter
 
     t0 = time.perf_counter()
-    obs, var = synthetic_obs(n_cells), synth.var(n_cells)
+    obs, var = _harness.synthetic_obs(n_cells), synth.var(n_cells)
     with (
         atomic_path(path, suffix=".tmp.h5ad") as tmp,
         CsrH5adWriter(tmp, obs=obs, var=var, dtype=np.float32, compression=None) as writer,
@@ -249,14 +230,6 @@ def make_vocab(h5ads: dict[str, Path], path: Path) -> Path:
     if not path.exists():
         write_vocab(build_vocab(h5ads), path)
     return path
-
-
-def csr_nnz(path: Path) -> int:
-    """Stored nonzeros of ``X``."""
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        return int(f["X/data"].shape[0])
 
 
 # --------------------------------------------------------------------------------------------
@@ -562,26 +535,10 @@ SCFM_FREE = {"tok_scgpt"}  # steps that run in the peer's interpreter, without s
 
 def run_child(step: str, spec: dict[str, Any]) -> None:
     """Inside the child: run one step, write its result as JSON."""
-    logging.basicConfig(level=logging.WARNING)
-    warnings.simplefilter("ignore", FutureWarning)
-    if step not in SCFM_FREE and step != "compile":
-        step_baseline(spec)  # imports are not timed
-    profiler = cProfile.Profile() if spec.get("profile") else None
-    t0 = time.perf_counter()
-    if profiler:
-        profiler.enable()
-    result = STEPS[step](spec)
-    if profiler:
-        profiler.disable()
-    result["seconds_step"] = time.perf_counter() - t0
-    result["peak_rss"] = peak_rss()
-    if profiler:
-        buf = io.StringIO()
-        stats = pstats.Stats(profiler, stream=buf).sort_stats("tottime")
-        stats.print_stats(20)
-        stats.dump_stats(Path(spec["work"]) / f"profile_{spec['label']}.pstats")
-        result["profile"] = buf.getvalue()
-    Path(spec["result"]).write_text(json.dumps(result))
+    # imports are not timed: step_baseline runs first, except for the peer and the JIT compile
+    _harness.run_child(
+        step, spec, STEPS, step_baseline, no_baseline=SCFM_FREE | {"compile"}, top=20
+    )
 
 
 def run_step(
@@ -593,33 +550,9 @@ def run_step(
     env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run ``step`` in a fresh interpreter pinned to one core; return its result."""
-    work = ctx["work"]
-    spec = {**spec, "label": label, "work": str(work), "result": str(work / f"{label}.json")}
-    Path(spec["result"]).unlink(missing_ok=True)
-    cmd = [
-        python or sys.executable,
-        str(Path(__file__).resolve()),
-        "--child-step",
-        step,
-        "--child-spec",
-        json.dumps(spec),
-    ]
-    if ctx["cpu"] is not None and shutil.which("taskset"):
-        cmd = ["taskset", "-c", str(ctx["cpu"]), *cmd]
-    child_env = {**os.environ, **dict.fromkeys(THREAD_VARS, "1"), **(env or {})}
-    log_path = work / f"{label}.log"
-    print(f"  {label} ...", end="", flush=True)
-    t0 = time.perf_counter()
-    with log_path.open("w") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env, check=False)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        print(" failed")
-        sys.exit(
-            f"step {label} failed (exit {proc.returncode}); see {log_path}:\n"
-            + log_path.read_text()[-3000:]
-        )
-    result = json.loads(Path(spec["result"]).read_text())
+    result, spec, wall = _harness.run_step(
+        __file__, step, label, spec, python=python, env=env, one_thread=True, **ctx
+    )
     result.update(
         label=label,
         step=step,
@@ -674,7 +607,7 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     for meta in inputs.values():
         meta.update(size=file_size(meta["path"]))
         if meta["path"].endswith(".h5ad"):
-            meta.update(nnz=csr_nnz(Path(meta["path"])))
+            meta.update(nnz=_harness.h5ad_nnz(meta["path"]))
     vocab = make_vocab({"synthetic": e2e}, out / f"vocab_synthetic_{g}g.tsv")
     real = prepare_real(out) if not args.skip_real else {}
     real_vocab = make_vocab(real, out / "real" / "vocab.tsv") if real else None
@@ -810,18 +743,14 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
                     ctx,
                 )
             )
-    m = machine_info()
-    m["versions"].update({p: version(p) for p in PACKAGES})
+    m = _harness.machine_info()
+    m["versions"].update(_harness.package_versions(PACKAGES))
     peer_info = next((r for r in results if r["step"] == "tok_scgpt"), None)
     if peer_info:
         m["versions"]["scgpt (peer venv)"] = peer_info["scgpt_version"]
         m["versions"]["numpy (peer venv)"] = peer_info["numpy"]
     return {
-        "args": {
-            k: str(v) if isinstance(v, Path) else v
-            for k, v in vars(args).items()
-            if not k.startswith("child")
-        },
+        "args": _harness.report_args(args),
         "machine": m,
         "inputs": inputs,
         "results": results,
@@ -841,11 +770,13 @@ def _fmt_rate(x: float) -> str:
 def tokenize_table(report: dict[str, Any]) -> str:
     """Tokenize-only rows per input with the ratio to scGPT's per-cell binning."""
     rows = [r for res in report["results"] if "rows" in res for r in res["rows"]]
-    lines = [
-        "| input | method | cells | nnz/cell | tokens/cell | repeats | cells/s "
-        "| / scGPT binning() |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
+    lines = _harness.md_header(
+        [
+            *("input", "method", "cells", "nnz/cell", "tokens/cell", "repeats", "cells/s"),
+            "/ scGPT binning()",
+        ],
+        "llrrrrrr",
+    )
     for inp in dict.fromkeys(r["input"] for r in rows):
         sub = [r for r in rows if r["input"] == inp]
         peer = next((r for r in sub if "binning() per cell" in r["method"]), None)
@@ -861,10 +792,10 @@ def tokenize_table(report: dict[str, Any]) -> str:
 
 def steps_table(report: dict[str, Any]) -> str:
     """Every child process: time, cells/s, peak RSS, output size."""
-    lines = [
-        "| step | cells | time (s) | cells/s | peak RSS (GiB) | output (GiB) | detail |",
-        "|---|---:|---:|---:|---:|---:|---|",
-    ]
+    lines = _harness.md_header(
+        ["step", "cells", "time (s)", "cells/s", "peak RSS (GiB)", "output (GiB)", "detail"],
+        "lrrrrrl",
+    )
     for r in report["results"]:
         if "rows" in r:
             continue
@@ -943,19 +874,17 @@ def print_report(report: dict[str, Any]) -> None:
         f"machine: {m['nproc']} cores ({m['cpu']}), {m['mem_total_gib']} GiB RAM, Python "
         f"{m['python']}, commit {m['commit']}, {m['date']}"
     )
-    print("versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()))
+    print(_harness.versions_line(m["versions"]))
     print("\n" + tokenize_table(report))
     print(steps_table(report))
     for line in goals(report):
         print(line)
-    for r in report["results"]:
-        if r.get("profile"):
-            print(f"\n--- profile {r['label']} (top by own time) ---\n{r['profile']}")
+    _harness.print_profiles(report["results"])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = _harness.arg_parser(__doc__, STEPS)
     ap.add_argument("--n-genes", type=int, default=30_000)
     ap.add_argument("--nnz", type=int, default=2000, help="mean nonzero genes per cell")
     ap.add_argument("--tok-cells", type=int, default=50_000, help="cells of the tokenize input")
@@ -995,8 +924,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="small sizes: 5k tokenize, 20k shard, RSS 10k/40k cells",
     )
-    ap.add_argument("--child-step", choices=sorted(STEPS), help=argparse.SUPPRESS)
-    ap.add_argument("--child-spec", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.quick:
         args.tok_cells, args.e2e_cells, args.rss_cells = 5000, 20_000, [10_000, 40_000]
@@ -1008,8 +935,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark (or, internally, one step of it)."""
     args = parse_args(argv)
-    if args.child_step:
-        run_child(args.child_step, json.loads(args.child_spec))
+    if _harness.child_dispatch(args, run_child):
         return
     t0 = time.perf_counter()
     load0 = os.getloadavg()[0]
