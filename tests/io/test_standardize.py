@@ -532,25 +532,9 @@ def test_bad_values_explicit_x_name_cell_and_gene(tmp_path: Path, bad: float, pr
     )
     assert problem.rsplit(" ", 1)[0] in str(err)  # the kind of problem, e.g. "negative count"
     assert f"at cell 'cell9' (row 9), gene '{ENS[4]}'" in str(err)
-
-
-@pytest.mark.parametrize(("bad", "problem"), BAD_VALUES)
-def test_bad_value_is_shown_plainly(tmp_path: Path, bad: float, problem: str) -> None:
-    counts = _counts().astype(np.float32)
-    counts[9, 4] = bad
-    src = _write(
-        ad.AnnData(sp.csr_matrix(counts), obs=_obs(), var=pd.DataFrame(index=ENS)),
-        tmp_path / "in" / "bad.h5ad",
-    )
-    err = _fails(
-        tmp_path,
-        "bad",
-        {"source": "local", "path": str(src), "counts": "X"},
-        path=src,
-        field="X",
-        match="raw integer counts >= 0",
-    )
-    assert f"{problem} at cell 'cell9'" in str(err)
+    assert f"{problem} at cell 'cell9'" in str(
+        err
+    )  # the value plainly ('nan', not np.float32(nan))
 
 
 def test_negative_integer_counts_fail(tmp_path: Path) -> None:

@@ -167,20 +167,14 @@ def map_genes(
         ``id_type`` used, counts of mapped/unmapped genes and a few unmapped examples.
     """
     where = f"{field}/{id_column}" if id_column else f"{field}/_index"
-    if id_column is not None and id_column not in var.columns:
-        raise ScfmInputError(
-            path,
-            f"{field}/{id_column}",
-            "column not found",
-            f"one of {list(var.columns)} (genes.id_column)",
-        )
-    if symbol_column is not None and symbol_column not in var.columns:
-        raise ScfmInputError(
-            path,
-            f"{field}/{symbol_column}",
-            "column not found",
-            f"one of {list(var.columns)} (genes.symbol_column)",
-        )
+    for key, column in (("id_column", id_column), ("symbol_column", symbol_column)):
+        if column is not None and column not in var.columns:
+            raise ScfmInputError(
+                path,
+                f"{field}/{column}",
+                "column not found",
+                f"one of {list(var.columns)} (genes.{key})",
+            )
     ids = (var[id_column] if id_column else var.index.to_series()).astype(str).to_numpy()
     if len(ids) == 0:
         raise ScfmInputError(path, where, "no genes", "at least one gene")
