@@ -1,0 +1,341 @@
+"""Trainer: outputs, metrics, kill -9 / SIGTERM resume equality, NaN stop, run config.
+
+The corpus is built through the real pipeline code (simulated h5ad -> vocab -> shards ->
+merged manifest). Subprocess runs use ``python -m scfm.train`` with deterministic settings and
+one thread, so an interrupted-and-resumed run must equal an uninterrupted one bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from scfm.config import validate_config
+from scfm.errors import ScfmConfigError
+from scfm.io.simulate import simulate_counts
+from scfm.shard import merge_manifests, shard_dataset
+from scfm.tokenize import build_vocab, write_vocab
+from scfm.train import (
+    CheckpointManager,
+    RunConfig,
+    Schedule,
+    TrainingDivergedError,
+    load_model_file,
+    train,
+)
+from scfm.train import trainer as trainer_mod
+
+REPO = Path(__file__).resolve().parents[2]
+PYTHON = sys.executable
+MODEL = {"preset": "tiny", "d_model": 32, "n_heads": 2, "n_layers": 1}
+
+
+def make_corpus(root: Path, *, n_cells: int = 256, n_genes: int = 60) -> Path:
+    """Simulated dataset -> vocab -> shards -> corpus manifest; returns the manifest path."""
+    root.mkdir(parents=True, exist_ok=True)
+    sim = simulate_counts(n_cells=n_cells, n_genes=n_genes, seed=1)
+    sim.var_names = [f"SIMG{i:05d}" for i in range(n_genes)]
+    sim.var["n_cells"] = np.asarray((sim.X > 0).sum(axis=0)).ravel()
+    sim.obs["dataset"] = "a"
+    sim.obs_names = [f"a-{i}" for i in range(n_cells)]
+    del sim.uns["simulation"]
+    sim.write_h5ad(root / "a.h5ad")
+    vocab = root / "vocab.tsv"
+    write_vocab(build_vocab({"a": root / "a.h5ad"}, min_cells=1, n_condition_tokens=2), vocab)
+    tok = validate_config(
+        {
+            "datasets": {"a": {"source": "demo", "demo": "simulated"}},
+            "tokenizers": {"t": {"kind": "binned", "n_bins": 7, "max_len": 24}},
+        }
+    )["tokenizers"]["t"]
+    shard_dataset(
+        root / "a.h5ad",
+        root / "shards" / "a",
+        dataset="a",
+        vocab_path=vocab,
+        tokenizer=tok,
+        split={"by": "cell", "val": 0.125, "test": 0.0, "seed": 0},
+        cells_per_shard=64,
+    )
+    merge_manifests(
+        {"a": root / "shards" / "a" / "manifest.json"},
+        root / "manifest.json",
+        corpus="c",
+        tokenizer="t",
+        vocab_path=vocab,
+    )
+    return root / "manifest.json"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def run_config(**kw: Any) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "objectives": {"mse": 1.0},
+        "optimizer": {"lr": 3e-3},
+        "schedule": {"warmup_steps": 2},
+        "batch_size": 16,
+        "max_steps": 12,
+        "seed": 3,
+        "deterministic": True,
+        "log_every": 2,
+        "val_every": 4,
+        "val_batches": 2,
+        "checkpoint_every": 2,
+        "keep_checkpoints": 3,
+        "stats_batches": 4,
+        "loader": {"block_size": 16, "shuffle_buffer": 32},
+    }
+    cfg.update(kw)
+    return cfg
+
+
+def cli(out: Path, corpus: Path, run: dict[str, Any], model: dict[str, Any] | None = None):
+    """Command line and environment of a one-thread ``python -m scfm.train`` run."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out.parent / f"{out.name}.run.json").write_text(json.dumps(run))
+    (out.parent / f"{out.name}.model.json").write_text(json.dumps(model or MODEL))
+    args = [
+        "--run-config",
+        str(out.parent / f"{out.name}.run.json"),
+        "--model-config",
+        str(out.parent / f"{out.name}.model.json"),
+        "--manifest",
+        str(corpus),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return [PYTHON, "-m", "scfm.train", *args], env
+
+
+def weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_model_file(out / "model.pt")["state_dict"]
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def wait_for_checkpoint(ckpt: Path, proc: subprocess.Popen, at_least: int) -> int:
+    """Poll until a checkpoint of step >= ``at_least`` is complete; return its step."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done = sorted(int(p.stem.split("-")[1]) for p in ckpt.glob("step-*.json"))
+        if done and done[-1] >= at_least:
+            return done[-1]
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else proc.returncode
+        time.sleep(0.005)
+    raise AssertionError("no checkpoint in time")
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def test_train_writes_metrics_checkpoints_model_and_figure(corpus: Path, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    out = tmp_path / "run"
+    summary = train(run_config(max_steps=6), MODEL, corpus, out, device="cpu")
+    assert summary["status"] == "completed" and summary["step"] == 6
+    assert summary["resumed_from"] is None and summary["global_batch"] == 16
+    lines = (out / "metrics.tsv").read_text().splitlines()
+    header = lines[0].split("\t")
+    assert header[:5] == ["step", "split", "objective", "loss", "n"]
+    assert header[-5:] == ["lr", "grad_norm", "tokens_per_s", "cells_per_s", "mfu"]
+    trivial = [c for c in header if c.startswith("trivial_")]
+    assert trivial, header
+    rows = [dict(zip(header, line.split("\t"), strict=True)) for line in lines[1:]]
+    train_rows = [r for r in rows if r["split"] == "train"]
+    assert sorted({int(r["step"]) for r in train_rows}) == [2, 4, 6]
+    assert sorted({int(r["step"]) for r in rows if r["split"] == "val"}) == [0, 4, 6]
+    mse = [r for r in train_rows if r["objective"] == "mse"]
+    assert all(float(r["loss"]) > 0 and int(r["n"]) > 0 for r in mse)
+    assert all(r[c] != "" for r in mse for c in trivial)
+    total = [r for r in train_rows if r["objective"] == "total"]
+    assert all(float(r["lr"]) > 0 and float(r["cells_per_s"]) > 0 for r in total)
+    assert all(r["mfu"] == "" for r in total)  # CPU
+    assert (out / "loss.png").stat().st_size > 1000
+    assert (out / "config.yaml").is_file()
+    model = torch.load(out / "model.pt", weights_only=True)
+    assert {"state_dict", "model_config", "vocab", "tokenizer", "vocab_hash"} <= model.keys()
+    assert model["model_config"]["vocab_size"] == len(model["vocab"]["token"])
+    assert model["vocab"]["token"][:2] == ["<pad>", "<cls>"]
+    assert model["tokenizer"]["kind"] == "binned"
+    manager = CheckpointManager(out / "checkpoints")
+    assert manager.steps() == [2, 4, 6]  # keep_checkpoints=3
+    for step in manager.steps():  # loadable without unpickling code
+        torch.load(manager.path(step), weights_only=True)
+    # a rerun of a finished run resumes at the end and changes nothing
+    again = train(run_config(max_steps=6), MODEL, corpus, out, device="cpu")
+    assert again["resumed_from"] == 6 and again["step"] == 6
+    assert (out / "metrics.tsv").read_text().splitlines() == lines
+
+
+@pytest.mark.parametrize("kill_after", [[2, 6], [4]])
+def test_kill9_and_rerun_equals_uninterrupted(
+    corpus: Path, tmp_path: Path, kill_after: list[int], request: pytest.FixtureRequest
+) -> None:
+    """SIGKILL after random checkpoints (one or two kills), rerun: final weights are equal."""
+    reference = _reference_run(corpus, tmp_path_factory=request.getfixturevalue("tmp_path_factory"))
+    out = tmp_path / "killed"
+    cmd, env = cli(out, corpus, KILL_RUN, KILL_MODEL)
+    rng = random.Random(sum(kill_after))
+    for at in kill_after:
+        proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+        # kill a random few milliseconds after the checkpoint: inside a later step
+        wait_for_checkpoint(out / "checkpoints", proc, at)
+        time.sleep(rng.uniform(0, 0.04))
+        proc.kill()
+        proc.wait()
+        assert not (out / "model.pt").exists(), "the run finished before it was killed"
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "resuming from step" in done.stderr
+    assert_same_weights(weights(out), weights(reference))
+    # the metrics were cut back to the checkpoint on resume: no step logged twice
+    lines = (out / "metrics.tsv").read_text().splitlines()[1:]
+    keys = [tuple(line.split("\t")[:3]) for line in lines]
+    assert len(keys) == len(set(keys))
+
+
+_REFERENCE: dict[str, Path] = {}
+# slow enough (~40 ms a step on one thread) to be killed mid-run
+KILL_RUN = run_config(max_steps=16, batch_size=32, grad_accum=2)
+KILL_MODEL = {"preset": "tiny"}
+
+
+def _reference_run(corpus: Path, *, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted run (computed once per session)."""
+    if "out" not in _REFERENCE:
+        out = tmp_path_factory.mktemp("reference") / "run"
+        cmd, env = cli(out, corpus, KILL_RUN, KILL_MODEL)
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        _REFERENCE["out"] = out
+    return _REFERENCE["out"]
+
+
+def test_sigterm_checkpoints_and_exits_with_requeue_code(corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "term"
+    cmd, env = cli(out, corpus, run_config(max_steps=400, checkpoint_every=200))
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    # wait for the loop to run (metrics rows appear every 2 steps)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        metrics = out / "metrics.tsv"
+        if metrics.exists() and "\ttrain\t" in metrics.read_text():
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)  # promptly: within a step
+    finally:
+        proc.kill()
+    assert proc.returncode == trainer_mod.REQUEUE_EXIT_CODE, proc.stderr.read()  # type: ignore[union-attr]
+    steps = CheckpointManager(out / "checkpoints").steps()
+    assert len(steps) == 1 and 0 < steps[0] < 200  # written at the signal, not by schedule
+    assert not (out / "model.pt").exists()
+    state = CheckpointManager(out / "checkpoints").load_latest()
+    assert state is not None and state["step"] == steps[0]
+
+
+def test_nan_loss_stops_with_step_and_objective(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = {"n": 0}
+    build = trainer_mod._build_objectives
+
+    def poisoned(run: RunConfig, mcfg: Any) -> Any:
+        objectives = build(run, mcfg)
+        mse = objectives["mse"]
+        forward = mse.forward
+
+        def nan_on_fifth_micro_batch(*args: Any, **kw: Any) -> Any:
+            result = forward(*args, **kw)
+            if mse.training:
+                calls["n"] += 1
+                if calls["n"] == 5:
+                    result.loss = result.loss * float("nan")
+            return result
+
+        mse.forward = nan_on_fifth_micro_batch
+        return objectives
+
+    monkeypatch.setattr(trainer_mod, "_build_objectives", poisoned)
+    out = tmp_path / "nan"
+    with pytest.raises(TrainingDivergedError, match=r"step 5: objective mse \(rank 0"):
+        train(run_config(checkpoint_every=2), MODEL, corpus, out, device="cpu")
+    manager = CheckpointManager(out / "checkpoints")
+    assert manager.steps() == [2, 4]  # nothing written for or after the bad step
+    state = manager.load_latest()
+    assert state is not None and state["step"] == 4
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    assert not (out / "model.pt").exists()
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_run_config_validation_and_round_trip() -> None:
+    cfg = RunConfig.from_dict(
+        run_config(objectives={"mse": 1.0, "contrastive": {"weight": 0.5, "temperature": 0.1}})
+    )
+    assert cfg.objective_weights == {"mse": 1.0, "contrastive": 0.5}
+    assert cfg.objectives[1].params == {"temperature": 0.1}
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ScfmConfigError) as e:
+        RunConfig.from_dict(
+            {
+                "objectives": {"mse": -1},
+                "optimizer": {"lr": 0, "nope": 1},
+                "batch_size": 0,
+                "max_steps": 10,
+                "epochs": 2,
+                "precision": "fp16",
+                "typo": 1,
+                "loader": {"split": "val"},
+            }
+        )
+    text = str(e.value)
+    for key in ("typo", "optimizer.nope"):
+        assert key in text
+    with pytest.raises(ScfmConfigError) as e:
+        RunConfig.from_dict(
+            {
+                "objectives": {"mse": -1},
+                "batch_size": 0,
+                "epochs": 2,
+                "precision": "fp16",
+                "loader": {"split": "val"},
+            }
+        )
+    text = str(e.value)
+    for key in ("objectives.mse.weight", "batch_size", "precision", "loader.split"):
+        assert key in text
+    with pytest.raises(ScfmConfigError, match="max_steps/epochs"):
+        RunConfig.from_dict({"objectives": {"mse": 1}})
+
+
+def test_schedule_warmup_then_cosine_to_min() -> None:
+    s = Schedule(1.0, warmup=4, total=14, min_ratio=0.1)
+    assert [s(i) for i in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert s(4) == 1.0 and s(14) == pytest.approx(0.1) and s(100) == pytest.approx(0.1)
+    assert s(9) == pytest.approx(0.55)
