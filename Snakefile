@@ -10,6 +10,7 @@ include: "workflow/rules/download.smk"
 include: "workflow/rules/standardize.smk"
 include: "workflow/rules/qc.smk"
 include: "workflow/rules/corpus.smk"
+include: "workflow/rules/train.smk"
 
 
 rule all:

@@ -201,6 +201,31 @@ def _cross_references(config: Mapping[str, Any]) -> list[str]:
                     f"corpora.{name}.tokenizers[{i}]: {tok!r} is not a tokenizer; expected one of: "
                     f"{', '.join(tokenizers) or '(none defined)'}"
                 )
+    corpora = config.get("corpora") or {}
+    models = config.get("models") or {}
+    for name, run in (config.get("runs") or {}).items():
+        if not isinstance(run, dict):
+            continue
+        for key, pool, label in (
+            ("corpus", corpora, "corpora"),
+            ("tokenizer", tokenizers, "tokenizers"),
+            ("model", models, "models"),
+        ):
+            if key in run and run[key] not in pool:
+                problems.append(
+                    f"runs.{name}.{key}: {run[key]!r} is not in {label}; expected one of: "
+                    f"{', '.join(pool) or '(none defined)'}"
+                )
+        corpus = corpora.get(run.get("corpus"), {})
+        if (
+            isinstance(corpus, dict)
+            and corpus.get("tokenizers")
+            and run.get("tokenizer") not in corpus["tokenizers"]
+        ):
+            problems.append(
+                f"runs.{name}.tokenizer: corpus {run.get('corpus')!r} is not sharded with "
+                f"{run.get('tokenizer')!r}; add it to corpora.{run.get('corpus')}.tokenizers"
+            )
     for name, tok in tokenizers.items():
         if (
             isinstance(tok, dict)

@@ -17,6 +17,7 @@ wildcard_constraints:
     organism=NAME,
     corpus=NAME,
     tokenizer=NAME,
+    run=NAME,
 
 
 def dataset_cfg(wildcards):
@@ -119,8 +120,33 @@ def get_corpus_shards(wildcards):
     }
 
 
+RUNS = config["runs"]
+MODELS = config["models"]
+
+
+def run_cfg(wildcards):
+    """The validated block of the run named by the wildcard."""
+    return RUNS[wildcards.run]
+
+
+def run_model_cfg(wildcards):
+    """The model block the run names."""
+    return MODELS[RUNS[wildcards.run]["model"]]
+
+
+def get_run_manifest(wildcards):
+    """The corpus shards a run trains on."""
+    run = RUNS[wildcards.run]
+    return f"results/corpus/{run['corpus']}/{run['tokenizer']}/manifest.json"
+
+
+def get_run_vocab(wildcards):
+    """The vocabulary of the run's corpus (stored in model.pt)."""
+    return f"results/corpus/{RUNS[wildcards.run]['corpus']}/vocab.tsv"
+
+
 def get_final_outputs():
-    """What `snakemake` builds by default: QC outputs of every RNA dataset, corpus manifests."""
+    """What `snakemake` builds by default: QC outputs, corpus manifests, trained runs."""
     qc = expand(
         [
             "results/qc/{dataset}.h5ad",
@@ -134,4 +160,7 @@ def get_final_outputs():
         for c in CORPORA
         for t in corpus_tokenizers(c)
     ]
-    return qc + corpora
+    runs = expand(
+        ["results/train/{run}/model.pt", "results/train/{run}/loss.png"], run=list(RUNS)
+    )
+    return qc + corpora + runs

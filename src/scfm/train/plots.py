@@ -29,7 +29,12 @@ def plot_loss_curves(
     rows = _read(Path(metrics_path))
     objectives = [o for o in dict.fromkeys(r["objective"] for r in rows) if o != "total"]
     objectives = objectives or ["total"]
-    trivial = [c for c in (rows[0].keys() if rows else []) if c.startswith("trivial_")]
+    # accuracies (`*_acc`) are logged beside the losses but are not losses: not drawn here
+    trivial = [
+        c
+        for c in (rows[0].keys() if rows else [])
+        if c.startswith("trivial_") and not c.endswith("_acc")
+    ]
     fig, axes = plt.subplots(
         1, len(objectives), figsize=(4.5 * len(objectives), 3.5), squeeze=False
     )

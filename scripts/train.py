@@ -1,0 +1,25 @@
+"""Snakemake adapter: rule train -> `python -m scfm.train`, under torchrun when there are GPUs."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import _scfm_path  # noqa: F401 - makes this checkout's src/ importable in any env
+
+from scfm.train.launch import launch_command
+
+out = Path(snakemake.params.out)
+out.mkdir(parents=True, exist_ok=True)
+(out / "run.json").write_text(json.dumps(snakemake.params.run, indent=2))
+(out / "model.json").write_text(json.dumps(snakemake.params.model, indent=2))
+cmd = launch_command(
+    out / "run.json",
+    out / "model.json",
+    snakemake.input.manifest,
+    out,
+    gpus=int(snakemake.resources.get("gpu", 0) or 0),
+    log=snakemake.log[0],
+)
+# exit code 75 = stopped by SIGTERM/SIGUSR1 after a checkpoint: the retry resumes from it
+sys.exit(subprocess.call(cmd))

@@ -1,0 +1,27 @@
+# Training: one job per run; torchrun starts one process per GPU (CPU: a single process).
+
+
+rule train:
+    input:
+        manifest=get_run_manifest,
+        vocab=get_run_vocab,
+    output:
+        model="results/train/{run}/model.pt",
+        metrics="results/train/{run}/metrics.tsv",
+        curve=report(
+            "results/train/{run}/loss.png",
+            caption="../report/loss.rst",
+            category="Training",
+            subcategory="{run}",
+            labels={"run": "{run}", "figure": "loss curves"},
+        ),
+    log:
+        "logs/train/{run}.log",
+    conda:
+        "../../envs/train.yaml"
+    params:
+        run=run_cfg,
+        model=run_model_cfg,
+        out=subpath(output.model, parent=True),
+    script:
+        "../../scripts/train.py"
