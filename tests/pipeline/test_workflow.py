@@ -54,6 +54,22 @@ SMALL_CONFIG = {
         "binned": {"kind": "binned", "max_len": 300},
         "rank": {"kind": "rank", "max_len": 300},
     },
+    "models": {"tiny": {"preset": "tiny", "d_model": 32, "n_heads": 2}},
+    "runs": {
+        "t": {
+            "corpus": "demo",
+            "tokenizer": "binned",
+            "model": "tiny",
+            "max_steps": 6,
+            "batch_size": 8,
+            "objectives": {"mse": 1.0},
+            "log_every": 2,
+            "val_every": 3,
+            "val_batches": 2,
+            "checkpoint_every": 3,
+            "stats_batches": 2,
+        }
+    },
 }
 
 
@@ -111,6 +127,11 @@ def test_demo_runs_end_to_end(workdir, demo_run):
             (workdir / "results" / "corpus" / "demo" / tok / s["path"]).is_file()
             for s in man["shards"]
         )
+    run = workdir / "results" / "train" / "t"
+    metrics = pd.read_csv(run / "metrics.tsv", sep="\t")
+    assert metrics["step"].max() == 6 and {"train", "val"} <= set(metrics["split"])
+    assert (run / "loss.png").stat().st_size > 5_000 and (run / "model.pt").exists()
+    assert (workdir / "logs" / "train" / "t.log").stat().st_size > 0
     pbmc = ad.read_h5ad(workdir / "results" / "qc" / "pbmc_demo.h5ad")
     assert pbmc.var_names[0].startswith("ENSG")  # symbols were mapped through the gene table
     assert set(pbmc.obs["cell_type"]) >= {"CD14+ Monocyte", "CD19+ B"}
