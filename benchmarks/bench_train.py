@@ -38,7 +38,7 @@ imports are not timed (``baseline``). Steps:
 Part 1 runs in ``--rounds`` interleaved rounds (scfm, torch, scfm, torch, ...) so that a burst
 of load from other jobs hits both; the report gives each configuration's median round.
 
-Quick check (~2 min)::
+Quick check (~4 min)::
 
     .venv/bin/python benchmarks/bench_train.py --quick
 """
