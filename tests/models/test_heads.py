@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _batches import MAX_LEN, N_VALUES, VOCAB, make_cfg
+from _batches import make_batch as _make_batch
 from torch import nn
 
 from scfm.data import Collator
 from scfm.errors import ScfmConfigError
-from scfm.models import ModelConfig, ValueStats, build_model, build_objectives, trivial_losses
+from scfm.models import ValueStats, build_model, build_objectives, trivial_losses
 from scfm.models.heads import (
     ContrastiveObjective,
     gene_subset_views,
@@ -21,34 +23,11 @@ from scfm.models.heads import (
     ordinal_thresholds_init,
 )
 
-VOCAB = 60
-N_VALUES = 8
-MAX_LEN = 16
 LENGTHS = [5, 12, 15, 1, 9, 14]
 
 
 def make_batch(value_kind: str, *, mask_ratio: float = 0.3, seed: int = 0) -> dict:
-    rng = np.random.default_rng(seed)
-    collator = Collator(
-        max_len=MAX_LEN,
-        value_kind=value_kind,
-        n_value_tokens=N_VALUES if value_kind in ("bin", "count") else None,
-        mask_id=2,
-        mask_ratio=mask_ratio,
-    )
-    genes = [rng.choice(np.arange(6, VOCAB), k, replace=False) for k in LENGTHS]
-    values = None
-    if value_kind == "float":
-        values = [rng.random(k).astype(np.float32) * 3 for k in LENGTHS]
-    elif value_kind != "none":
-        values = [rng.integers(0, N_VALUES, k) for k in LENGTHS]
-    return collator(genes, values, rng=rng)
-
-
-def make_cfg(value_kind: str, **kw) -> ModelConfig:
-    nvt = N_VALUES if value_kind in ("bin", "count") else None
-    fields = dict(vocab_size=VOCAB, value_kind=value_kind, n_value_tokens=nvt, max_len=MAX_LEN)
-    return ModelConfig.preset("tiny", **{**fields, "hidden": 32, "latent_dim": 8, **kw})
+    return _make_batch(value_kind, LENGTHS, mask_ratio=mask_ratio, seed=seed)
 
 
 SPECS = {
