@@ -319,3 +319,10 @@ def print_profiles(results: Iterable[dict[str, Any]], title: str = " (top by own
     for r in results:
         if r.get("profile"):
             print(f"\n--- profile {r['label']}{title} ---\n{r['profile']}")
+
+
+def one_torch_thread() -> None:
+    """Child set-up for torch steps: one intra-op thread, like the pinned core."""
+    import torch
+
+    torch.set_num_threads(1)

@@ -321,12 +321,6 @@ STEPS = {
 }
 
 
-def _one_torch_thread() -> None:
-    import torch
-
-    torch.set_num_threads(1)
-
-
 def run_child(step: str, spec: dict[str, Any]) -> None:
     """Inside the child: run one step, write its result as JSON."""
     # imports are not timed: step_baseline runs first, except in the peer's interpreter
@@ -337,7 +331,7 @@ def run_child(step: str, spec: dict[str, Any]) -> None:
         step_baseline,
         no_baseline=SCFM_FREE,
         ignore_warnings=Warning,
-        setup=_one_torch_thread,
+        setup=_harness.one_torch_thread,
         top_cumulative=30,
         loadavg=True,
     )

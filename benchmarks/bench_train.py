@@ -349,12 +349,6 @@ STEPS = {
 }
 
 
-def _one_torch_thread() -> None:
-    import torch
-
-    torch.set_num_threads(1)
-
-
 def run_child(step: str, spec: dict[str, Any]) -> None:
     """Inside the child: run one step, write its result as JSON."""
     _harness.run_child(
@@ -363,7 +357,7 @@ def run_child(step: str, spec: dict[str, Any]) -> None:
         STEPS,
         step_baseline,
         ignore_warnings=Warning,
-        setup=_one_torch_thread,
+        setup=_harness.one_torch_thread,
         loadavg=True,
     )
 

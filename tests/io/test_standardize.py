@@ -71,6 +71,14 @@ def _write(adata: ad.AnnData, path: Path) -> Path:
     return path
 
 
+def _counts_file(tmp_path: Path, name: str, *, var: list[str]) -> Path:
+    """The standard integer counts and obs with the given var names, as ``tmp_path/in/<name>``."""
+    return _write(
+        ad.AnnData(sp.csr_matrix(_counts()), obs=_obs(), var=pd.DataFrame(index=var)),
+        tmp_path / "in" / name,
+    )
+
+
 def _gene_table(tmp_path: Path, rows: list[tuple[str, str]]) -> Path:
     csv = tmp_path / "ref" / "genes.csv"
     csv.parent.mkdir(parents=True, exist_ok=True)
@@ -209,10 +217,7 @@ def test_counts_in_x_int_or_float_integer(tmp_path: Path, dtype: type) -> None:
 
 
 def test_provenance_is_json_in_uns(tmp_path: Path) -> None:
-    src = _write(
-        ad.AnnData(sp.csr_matrix(_counts()), obs=_obs(), var=pd.DataFrame(index=ENS)),
-        tmp_path / "in" / "data.h5ad",
-    )
+    src = _counts_file(tmp_path, "data.h5ad", var=ENS)
     ds = {"source": "local", "path": str(src), "obs_map": {"cell_type": "ct"}}
     out, returned = _run(tmp_path, "prov", ds)
     with h5py.File(out, "r") as f:
@@ -383,10 +388,7 @@ def test_symbols_mapped_through_gene_table(tmp_path: Path) -> None:
 
 def test_ensembl_ids_get_symbols_from_gene_table(tmp_path: Path) -> None:
     table = _gene_table(tmp_path, [(ENS[i], SYMBOLS[i]) for i in range(6)])
-    src = _write(
-        ad.AnnData(sp.csr_matrix(_counts()), obs=_obs(), var=pd.DataFrame(index=ENS)),
-        tmp_path / "in" / "ens.h5ad",
-    )
+    src = _counts_file(tmp_path, "ens.h5ad", var=ENS)
     out, _ = _run(tmp_path, "ens", {"source": "local", "path": str(src)}, gene_table=table)
     a = _assert_contract(out)
     assert list(a.var_names) == ENS
@@ -495,14 +497,19 @@ BAD_VALUES = [
 ]
 
 
-@pytest.mark.parametrize(("bad", "problem"), BAD_VALUES)
-def test_bad_values_auto(tmp_path: Path, bad: float, problem: str) -> None:
+def _bad_value_file(tmp_path: Path, bad: float) -> Path:
+    """Integer counts except ``bad`` at cell 9, gene 4."""
     counts = _counts().astype(np.float32)
     counts[9, 4] = bad
-    src = _write(
+    return _write(
         ad.AnnData(sp.csr_matrix(counts), obs=_obs(), var=pd.DataFrame(index=ENS)),
         tmp_path / "in" / "bad.h5ad",
     )
+
+
+@pytest.mark.parametrize(("bad", "problem"), BAD_VALUES)
+def test_bad_values_auto(tmp_path: Path, bad: float, problem: str) -> None:
+    src = _bad_value_file(tmp_path, bad)
     _fails(
         tmp_path,
         "bad",
@@ -515,12 +522,7 @@ def test_bad_values_auto(tmp_path: Path, bad: float, problem: str) -> None:
 
 @pytest.mark.parametrize(("bad", "problem"), BAD_VALUES)
 def test_bad_values_explicit_x_name_cell_and_gene(tmp_path: Path, bad: float, problem: str) -> None:
-    counts = _counts().astype(np.float32)
-    counts[9, 4] = bad
-    src = _write(
-        ad.AnnData(sp.csr_matrix(counts), obs=_obs(), var=pd.DataFrame(index=ENS)),
-        tmp_path / "in" / "bad.h5ad",
-    )
+    src = _bad_value_file(tmp_path, bad)
     err = _fails(
         tmp_path,
         "bad",
@@ -624,10 +626,7 @@ def test_int32_max_count_is_kept(tmp_path: Path) -> None:
 def test_duplicated_gene_ids_fail(tmp_path: Path) -> None:
     # two versions of one gene collapse to one ID once versions are stripped
     var = [*ENS[:-1], f"{ENS[0]}.2"]
-    src = _write(
-        ad.AnnData(sp.csr_matrix(_counts()), obs=_obs(), var=pd.DataFrame(index=var)),
-        tmp_path / "in" / "dupgenes.h5ad",
-    )
+    src = _counts_file(tmp_path, "dupgenes.h5ad", var=var)
     err = _fails(
         tmp_path,
         "dg",
@@ -642,10 +641,7 @@ def test_duplicated_gene_ids_fail(tmp_path: Path) -> None:
 def test_duplicated_symbols_fail(tmp_path: Path) -> None:
     table = _gene_table(tmp_path, list(zip(ENS, SYMBOLS, strict=True)))
     var = [*SYMBOLS[:-1], "gene1"]  # GENE1 and gene1 map to the same ID
-    src = _write(
-        ad.AnnData(sp.csr_matrix(_counts()), obs=_obs(), var=pd.DataFrame(index=var)),
-        tmp_path / "in" / "dupsym.h5ad",
-    )
+    src = _counts_file(tmp_path, "dupsym.h5ad", var=var)
     _fails(
         tmp_path,
         "ds",
@@ -659,10 +655,7 @@ def test_duplicated_symbols_fail(tmp_path: Path) -> None:
 
 def test_too_many_unmapped_symbols_fail(tmp_path: Path) -> None:
     table = _gene_table(tmp_path, list(zip(ENS[:8], SYMBOLS[:8], strict=True)))
-    src = _write(
-        ad.AnnData(sp.csr_matrix(_counts()), obs=_obs(), var=pd.DataFrame(index=SYMBOLS)),
-        tmp_path / "in" / "unmapped.h5ad",
-    )
+    src = _counts_file(tmp_path, "unmapped.h5ad", var=SYMBOLS)
     err = _fails(
         tmp_path,
         "um",
@@ -676,10 +669,7 @@ def test_too_many_unmapped_symbols_fail(tmp_path: Path) -> None:
 
 
 def test_symbols_without_gene_table_fail(tmp_path: Path) -> None:
-    src = _write(
-        ad.AnnData(sp.csr_matrix(_counts()), obs=_obs(), var=pd.DataFrame(index=SYMBOLS)),
-        tmp_path / "in" / "notable.h5ad",
-    )
+    src = _counts_file(tmp_path, "notable.h5ad", var=SYMBOLS)
     _fails(
         tmp_path,
         "nt",
@@ -691,10 +681,7 @@ def test_symbols_without_gene_table_fail(tmp_path: Path) -> None:
 
 
 def test_missing_id_column_fails(tmp_path: Path) -> None:
-    src = _write(
-        ad.AnnData(sp.csr_matrix(_counts()), obs=_obs(), var=pd.DataFrame(index=ENS)),
-        tmp_path / "in" / "idcol.h5ad",
-    )
+    src = _counts_file(tmp_path, "idcol.h5ad", var=ENS)
     _fails(
         tmp_path,
         "ic",
@@ -745,10 +732,7 @@ def test_empty_matrix_zero_genes_fails(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("key", ["obs_map", "obs_keep"])
 def test_missing_obs_column_fails(tmp_path: Path, key: str) -> None:
-    src = _write(
-        ad.AnnData(sp.csr_matrix(_counts()), obs=_obs(), var=pd.DataFrame(index=ENS)),
-        tmp_path / "in" / "obs.h5ad",
-    )
+    src = _counts_file(tmp_path, "obs.h5ad", var=ENS)
     value: Any = {"cell_type": "celltype"} if key == "obs_map" else ["celltype"]
     err = _fails(
         tmp_path,
@@ -762,10 +746,7 @@ def test_missing_obs_column_fails(tmp_path: Path, key: str) -> None:
 
 
 def test_missing_counts_layer_fails(tmp_path: Path) -> None:
-    src = _write(
-        ad.AnnData(sp.csr_matrix(_counts()), obs=_obs(), var=pd.DataFrame(index=ENS)),
-        tmp_path / "in" / "nolayer.h5ad",
-    )
+    src = _counts_file(tmp_path, "nolayer.h5ad", var=ENS)
     _fails(
         tmp_path,
         "nl",
@@ -777,10 +758,7 @@ def test_missing_counts_layer_fails(tmp_path: Path) -> None:
 
 
 def _damaged(tmp_path: Path, how: str) -> Path:
-    good = _write(
-        ad.AnnData(sp.csr_matrix(_counts()), obs=_obs(), var=pd.DataFrame(index=ENS)),
-        tmp_path / "in" / "good.h5ad",
-    )
+    good = _counts_file(tmp_path, "good.h5ad", var=ENS)
     bad = tmp_path / "in" / f"{how}.h5ad"
     if how == "truncated":
         data = good.read_bytes()
