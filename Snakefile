@@ -11,6 +11,7 @@ include: "workflow/rules/standardize.smk"
 include: "workflow/rules/qc.smk"
 include: "workflow/rules/corpus.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/bench.smk"
 
 
 rule all:

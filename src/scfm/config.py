@@ -226,6 +226,7 @@ def _cross_references(config: Mapping[str, Any]) -> list[str]:
                 f"runs.{name}.tokenizer: corpus {run.get('corpus')!r} is not sharded with "
                 f"{run.get('tokenizer')!r}; add it to corpora.{run.get('corpus')}.tokenizers"
             )
+    problems += _benchmark_references(config)
     for name, tok in tokenizers.items():
         if (
             isinstance(tok, dict)
@@ -236,6 +237,41 @@ def _cross_references(config: Mapping[str, Any]) -> list[str]:
                 f"tokenizers.{name}.genes: rank encoding orders the expressed genes; "
                 "expected 'nonzero'"
             )
+    return problems
+
+
+#: Methods every evaluation set can name besides the trained runs (see scfm.bench.baselines).
+BASELINES = ("pca", "hvg", "scvi", "random")
+
+
+def _benchmark_references(config: Mapping[str, Any]) -> list[str]:
+    """Evaluation sets must name an RNA dataset and methods that are baselines or runs."""
+    problems = []
+    datasets = config.get("datasets") or {}
+    runs = config.get("runs") or {}
+    for name in runs:
+        if name in BASELINES:
+            problems.append(
+                f"runs.{name}: the name is taken by a benchmark baseline; expected a name other "
+                f"than {', '.join(BASELINES)}"
+            )
+    for name, bench in (config.get("benchmarks") or {}).items():
+        if not isinstance(bench, dict):
+            continue
+        ds = bench.get("dataset")
+        if ds is not None and ds not in datasets:
+            problems.append(
+                f"benchmarks.{name}.dataset: {ds!r} is not a dataset; expected one of: "
+                f"{', '.join(datasets)}"
+            )
+        elif ds is not None and (datasets[ds] or {}).get("modality", "rna") != "rna":
+            problems.append(f"benchmarks.{name}.dataset: {ds!r} is not an RNA dataset")
+        for i, method in enumerate(bench.get("methods") or []):
+            if method not in BASELINES and method not in runs:
+                problems.append(
+                    f"benchmarks.{name}.methods[{i}]: {method!r} is neither a baseline nor a run; "
+                    f"expected one of: {', '.join([*BASELINES, *runs])}"
+                )
     return problems
 
 

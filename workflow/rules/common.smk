@@ -1,4 +1,6 @@
 # Config validation, wildcard constraints and input functions shared by every rule.
+import re
+
 from scfm.config import load_schema, validate_config
 
 # Validate once at start-up, before any job: unknown keys, wrong types and unknown sources stop
@@ -163,4 +165,76 @@ def get_final_outputs():
     runs = expand(
         ["results/train/{run}/model.pt", "results/train/{run}/loss.png"], run=list(RUNS)
     )
-    return qc + corpora + runs
+    return qc + corpora + runs + get_bench_outputs()
+
+
+BENCHMARKS = config["benchmarks"]
+BASELINE_NAMES = ["pca", "hvg", "scvi", "random"]
+# Rule `baseline` makes the baselines' embeddings, rule `embed` the trained runs'; both write
+# results/embed/<method>/<evalset>.h5ad, told apart by these constraints.
+BASELINE_RE = "|".join(BASELINE_NAMES)
+RUN_RE = "|".join(re.escape(r) for r in RUNS) or "(?!x)x"
+
+
+wildcard_constraints:
+    evalset=NAME,
+    method=NAME,
+
+
+def bench_cfg(wildcards):
+    """The validated block of the evaluation set named by the wildcard."""
+    return BENCHMARKS[wildcards.evalset]
+
+
+def get_bench_qc(wildcards):
+    """The QC'd h5ad an evaluation set is drawn from."""
+    return f"results/qc/{BENCHMARKS[wildcards.evalset]['dataset']}.h5ad"
+
+
+def baseline_params(wildcards):
+    """Keyword arguments of a baseline (see scfm.bench.baselines)."""
+    bench = BENCHMARKS[wildcards.evalset]
+    extra = {
+        "pca": {"n_pcs": bench["n_pcs"]},
+        "scvi": bench["scvi"],
+        "random": bench["random"],
+    }
+    return {"seed": bench["seed"], **extra.get(wildcards.method, {})}
+
+
+def bench_metric_files(evalset):
+    """Every metric table of an evaluation set: methods x metrics (masked: trained runs only).
+
+    Annotation always includes the hvg method: logistic regression on the raw HVG features is
+    the reference every embedding's annotation score is read against.
+    """
+    bench = BENCHMARKS[evalset]
+    files = []
+    for metric in bench["metrics"]:
+        methods = list(bench["methods"])
+        if metric == "annotation" and "hvg" not in methods:
+            methods.append("hvg")
+        if metric == "masked":
+            methods = [m for m in methods if m in RUNS]
+        files += [f"results/bench/{evalset}/{m}/{metric}.tsv" for m in methods]
+    return files
+
+
+def get_bench_tables(wildcards):
+    """Metric tables merged into one evaluation set's summary."""
+    return bench_metric_files(wildcards.evalset)
+
+
+def get_bench_outputs():
+    """Summaries, results tables and UMAPs of every evaluation set."""
+    if not BENCHMARKS:
+        return []
+    files = ["results/bench/summary.tsv"]
+    for name, bench in BENCHMARKS.items():
+        files += [
+            f"results/bench/{name}/summary.tsv",
+            f"results/bench/{name}/results_table.png",
+        ]
+        if bench["umap"]:
+            files += [f"results/bench/{name}/{m}/umap.png" for m in bench["methods"]]
+    return files

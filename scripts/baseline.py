@@ -1,0 +1,14 @@
+"""Snakemake adapter: rule baseline -> scfm.bench.baselines.baseline_embedding."""
+
+import _scfm_path  # noqa: F401 - makes this checkout's src/ importable in any env
+
+from scfm.bench.baselines import baseline_embedding
+from scfm.logs import setup_logging
+
+setup_logging(snakemake.log[0])
+baseline_embedding(
+    snakemake.wildcards.method,
+    snakemake.input.data,
+    snakemake.output.h5ad,
+    snakemake.params.params,
+)

@@ -1,0 +1,1 @@
+"""Benchmarks: evaluation sets, baselines, metrics, summary tables."""

@@ -1,0 +1,95 @@
+"""Evaluation sets: keys checked with clear errors, seeded subsets, HVGs, embedding files."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from scfm.bench.evalset import prepare_evalset, read_evalset
+from scfm.errors import ScfmInputError
+from scfm.io.embedding import read_embedding, write_embedding
+
+
+def _counts(n=300, g=60, n_batches=3, seed=0) -> ad.AnnData:
+    rng = np.random.default_rng(seed)
+    types = rng.integers(0, 3, n)
+    means = rng.gamma(2, 2, (3, g))
+    X = rng.poisson(means[types]).astype(np.float32)
+    obs = pd.DataFrame(
+        {
+            "cell_type": [f"t{t}" for t in types],
+            "batch": [f"b{i % n_batches}" for i in range(n)],
+            "donor": [f"d{i % 4}" for i in range(n)],
+        },
+        index=[f"c{i}" for i in range(n)],
+    )
+    return ad.AnnData(
+        X=sp.csr_matrix(X), obs=obs, var=pd.DataFrame(index=[f"g{j}" for j in range(g)])
+    )
+
+
+def test_prepare_writes_counts_keys_and_hvgs(tmp_path):
+    src = tmp_path / "qc.h5ad"
+    _counts().write_h5ad(src)
+    out = tmp_path / "bench" / "data.h5ad"
+    prepare_evalset(src, out, label_key="cell_type", batch_key="batch", split_key="donor", n_hvg=20)
+    got = read_evalset(out)
+    assert got.shape == (300, 60) and sp.issparse(got.X)
+    assert got.var["highly_variable"].sum() == 20
+    assert list(got.obs["scfm_split"].cat.categories) == ["d0", "d1", "d2", "d3"]
+    assert set(got.obs["scfm_batch"]) == {"b0", "b1", "b2"}
+    assert got.uns["scfm_bench"]["split_key"] == "donor"
+    np.testing.assert_array_equal(got.X.toarray(), _counts().X.toarray())  # still raw counts
+
+
+def test_subset_is_seeded_and_drops_unlabelled_cells(tmp_path):
+    adata = _counts()
+    adata.obs.loc[adata.obs_names[:10], "cell_type"] = np.nan
+    src = tmp_path / "qc.h5ad"
+    adata.write_h5ad(src)
+    kw = {"label_key": "cell_type", "batch_key": "batch", "max_cells": 100, "seed": 3}
+    a = prepare_evalset(src, tmp_path / "a.h5ad", **kw)
+    b = prepare_evalset(src, tmp_path / "b.h5ad", **kw)
+    c = prepare_evalset(src, tmp_path / "c.h5ad", **{**kw, "seed": 4})
+    assert a.obs_names.equals(b.obs_names) and not a.obs_names.equals(c.obs_names)
+    assert a.n_obs <= 100 and not a.obs["cell_type"].isna().any()
+
+
+def test_missing_key_names_the_column_and_writes_nothing(tmp_path):
+    src = tmp_path / "qc.h5ad"
+    _counts().write_h5ad(src)
+    out = tmp_path / "data.h5ad"
+    with pytest.raises(ScfmInputError, match=r"obs\['celltype'\].*label_key.*cell_type, batch"):
+        prepare_evalset(src, out, label_key="celltype", batch_key="batch")
+    with pytest.raises(ScfmInputError, match=r"obs\['sample'\].*batch_key"):
+        prepare_evalset(src, out, label_key="cell_type", batch_key="sample")
+    assert not out.exists() and list(tmp_path.iterdir()) == [src]
+
+
+def test_one_batch_is_an_error_only_for_metrics_that_need_groups(tmp_path):
+    src = tmp_path / "qc.h5ad"
+    _counts(n_batches=1).write_h5ad(src)
+    with pytest.raises(ScfmInputError, match=r"one group only.*'scib'"):
+        prepare_evalset(src, tmp_path / "a.h5ad", label_key="cell_type", batch_key="batch")
+    ok = prepare_evalset(
+        src, tmp_path / "b.h5ad", label_key="cell_type", batch_key="batch", metrics=["scgraph"]
+    )
+    assert ok.n_obs == 300
+
+
+def test_embedding_files_check_cells_and_values(tmp_path):
+    obs = pd.DataFrame(index=["a", "b", "c"])
+    path = tmp_path / "e.h5ad"
+    write_embedding(path, obs, "X_m", np.eye(3), {"method": "m"})
+    np.testing.assert_array_equal(read_embedding(path, obs_names=obs.index), np.eye(3))
+    assert ad.read_h5ad(path).uns["scfm"]["embedding"]["method"] == "m"
+    with pytest.raises(ScfmInputError, match="cells differ from the evaluation set"):
+        read_embedding(path, obs_names=pd.Index(["a", "c", "b"]))
+    with pytest.raises(ScfmInputError, match=r"obsm\['X_other'\]: no such embedding"):
+        read_embedding(path, "X_other")
+    with pytest.raises(ValueError, match="NaN"):
+        write_embedding(tmp_path / "nan.h5ad", obs, "X_m", np.full((3, 2), np.nan))
+    assert not (tmp_path / "nan.h5ad").exists()

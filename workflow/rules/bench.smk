@@ -1,0 +1,212 @@
+# Benchmarks: evaluation sets, embeddings of every method, one job per (set, method, metric),
+# summaries and report figures. Rerun one metric by naming its file, e.g.
+#   snakemake results/bench/<evalset>/<method>/scgraph.tsv
+
+
+rule bench_data:
+    input:
+        h5ad=get_bench_qc,
+    output:
+        h5ad="results/bench/{evalset}/data.h5ad",
+    log:
+        "logs/bench_data/{evalset}.log",
+    conda:
+        "../../envs/bench.yaml"
+    params:
+        bench=bench_cfg,
+    script:
+        "../../scripts/bench_data.py"
+
+
+rule baseline:
+    input:
+        data="results/bench/{evalset}/data.h5ad",
+    output:
+        h5ad="results/embed/{method}/{evalset}.h5ad",
+    log:
+        "logs/baseline/{method}/{evalset}.log",
+    wildcard_constraints:
+        method=BASELINE_RE,
+    conda:
+        "../../envs/bench.yaml"
+    threads: 2
+    params:
+        params=baseline_params,
+    script:
+        "../../scripts/baseline.py"
+
+
+rule embed:
+    input:
+        data="results/bench/{evalset}/data.h5ad",
+        model="results/train/{method}/model.pt",
+    output:
+        h5ad="results/embed/{method}/{evalset}.h5ad",
+    log:
+        "logs/embed/{method}/{evalset}.log",
+    wildcard_constraints:
+        method=RUN_RE,
+    conda:
+        "../../envs/bench.yaml"
+    threads: 2
+    params:
+        bench=bench_cfg,
+    script:
+        "../../scripts/embed.py"
+
+
+rule scib:
+    input:
+        data="results/bench/{evalset}/data.h5ad",
+        embedding="results/embed/{method}/{evalset}.h5ad",
+        unintegrated="results/embed/pca/{evalset}.h5ad",
+    output:
+        tsv="results/bench/{evalset}/{method}/scib.tsv",
+    log:
+        "logs/scib/{evalset}/{method}.log",
+    conda:
+        "../../envs/bench.yaml"
+    threads: 2
+    params:
+        bench=bench_cfg,
+    script:
+        "../../scripts/scib.py"
+
+
+rule scgraph_reference:
+    input:
+        data="results/bench/{evalset}/data.h5ad",
+    output:
+        tsv="results/bench/{evalset}/scgraph_reference.tsv",
+    log:
+        "logs/scgraph_reference/{evalset}.log",
+    conda:
+        "../../envs/bench.yaml"
+    params:
+        bench=bench_cfg,
+    script:
+        "../../scripts/scgraph_reference.py"
+
+
+rule scgraph:
+    input:
+        data="results/bench/{evalset}/data.h5ad",
+        embedding="results/embed/{method}/{evalset}.h5ad",
+        reference="results/bench/{evalset}/scgraph_reference.tsv",
+    output:
+        tsv="results/bench/{evalset}/{method}/scgraph.tsv",
+        types="results/bench/{evalset}/{method}/scgraph_types.tsv",
+    log:
+        "logs/scgraph/{evalset}/{method}.log",
+    conda:
+        "../../envs/bench.yaml"
+    params:
+        bench=bench_cfg,
+    script:
+        "../../scripts/scgraph.py"
+
+
+rule annotation:
+    input:
+        data="results/bench/{evalset}/data.h5ad",
+        embedding="results/embed/{method}/{evalset}.h5ad",
+    output:
+        tsv="results/bench/{evalset}/{method}/annotation.tsv",
+    log:
+        "logs/annotation/{evalset}/{method}.log",
+    conda:
+        "../../envs/bench.yaml"
+    threads: 2
+    params:
+        bench=bench_cfg,
+    script:
+        "../../scripts/annotation.py"
+
+
+rule masked:
+    input:
+        data="results/bench/{evalset}/data.h5ad",
+        model="results/train/{method}/model.pt",
+    output:
+        tsv="results/bench/{evalset}/{method}/masked.tsv",
+    log:
+        "logs/masked/{evalset}/{method}.log",
+    wildcard_constraints:
+        method=RUN_RE,
+    conda:
+        "../../envs/bench.yaml"
+    threads: 2
+    params:
+        bench=bench_cfg,
+    script:
+        "../../scripts/masked.py"
+
+
+rule umap:
+    input:
+        data="results/bench/{evalset}/data.h5ad",
+        embedding="results/embed/{method}/{evalset}.h5ad",
+    output:
+        png=report(
+            "results/bench/{evalset}/{method}/umap.png",
+            caption="../report/umap.rst",
+            category="Benchmarks",
+            subcategory="{evalset}",
+            labels={"evalset": "{evalset}", "method": "{method}", "figure": "UMAP"},
+        ),
+    log:
+        "logs/umap/{evalset}/{method}.log",
+    conda:
+        "../../envs/bench.yaml"
+    params:
+        bench=bench_cfg,
+    script:
+        "../../scripts/umap.py"
+
+
+rule bench_summary:
+    input:
+        tables=get_bench_tables,
+    output:
+        tsv=report(
+            "results/bench/{evalset}/summary.tsv",
+            caption="../report/summary_tsv.rst",
+            category="Benchmarks",
+            subcategory="{evalset}",
+            labels={
+                "evalset": "{evalset}",
+                "method": "all",
+                "figure": "all scores (table)",
+            },
+        ),
+        wide="results/bench/{evalset}/summary.wide.tsv",
+        png=report(
+            "results/bench/{evalset}/results_table.png",
+            caption="../report/results_table.rst",
+            category="Benchmarks",
+            subcategory="{evalset}",
+            labels={
+                "evalset": "{evalset}",
+                "method": "all",
+                "figure": "results table",
+            },
+        ),
+    log:
+        "logs/bench_summary/{evalset}.log",
+    conda:
+        "../../envs/bench.yaml"
+    script:
+        "../../scripts/bench_summary.py"
+
+
+rule bench_all:
+    input:
+        tables=expand("results/bench/{evalset}/summary.tsv", evalset=list(BENCHMARKS)),
+    output:
+        tsv="results/bench/summary.tsv",
+    log:
+        "logs/bench_all.log",
+    conda:
+        "../../envs/bench.yaml"
+    script:
+        "../../scripts/bench_all.py"
