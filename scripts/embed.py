@@ -12,4 +12,5 @@ embed_file(
     snakemake.output.h5ad,
     key=f"X_{snakemake.wildcards.method}",
     batch_size=snakemake.params.bench["batch_size"],
+    gene_stats=snakemake.input.get("gene_stats"),
 )

@@ -15,4 +15,5 @@ masked_job(
     max_cells=bench["masked"]["max_cells"],
     batch_size=bench["batch_size"],
     seed=bench["seed"],
+    gene_stats=snakemake.input.get("gene_stats"),
 )

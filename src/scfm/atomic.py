@@ -9,6 +9,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike[str], *, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it to ``final`` only on success.
@@ -23,6 +32,9 @@ def atomic_path(final: str | os.PathLike[str], *, suffix: str | None = None) -> 
     )
     os.close(fd)
     tmp_path = Path(tmp)
+    # mkstemp creates mode 0600; give the result the mode a plain open() would (shared
+    # cluster file systems: the lab reads each other's results)
+    tmp_path.chmod(0o666 & ~_UMASK)
     try:
         yield tmp_path
         tmp_path.replace(final)

@@ -11,6 +11,7 @@ import scipy.sparse as sp
 from scfm.bench.evalset import prepare_evalset, read_evalset
 from scfm.errors import ScfmInputError
 from scfm.io.embedding import read_embedding, write_embedding
+from scfm.io.h5ad import provenance
 
 
 def _counts(n=300, g=60, n_batches=3, seed=0) -> ad.AnnData:
@@ -83,9 +84,9 @@ def test_one_batch_is_an_error_only_for_metrics_that_need_groups(tmp_path):
 def test_embedding_files_check_cells_and_values(tmp_path):
     obs = pd.DataFrame(index=["a", "b", "c"])
     path = tmp_path / "e.h5ad"
-    write_embedding(path, obs, "X_m", np.eye(3), {"method": "m"})
+    write_embedding(path, obs, "X_m", np.eye(3), {"method": "m"}, stage="baseline")
     np.testing.assert_array_equal(read_embedding(path, obs_names=obs.index), np.eye(3))
-    assert ad.read_h5ad(path).uns["scfm"]["embedding"]["method"] == "m"
+    assert provenance(path)["baseline"] == {"key": "X_m", "method": "m"}
     with pytest.raises(ScfmInputError, match="cells differ from the evaluation set"):
         read_embedding(path, obs_names=pd.Index(["a", "c", "b"]))
     with pytest.raises(ScfmInputError, match=r"obsm\['X_other'\]: no such embedding"):

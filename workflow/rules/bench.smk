@@ -38,8 +38,8 @@ rule baseline:
 
 rule embed:
     input:
+        unpack(get_run_model),
         data="results/bench/{evalset}/data.h5ad",
-        model="results/train/{method}/model.pt",
     output:
         h5ad="results/embed/{method}/{evalset}.h5ad",
     log:
@@ -125,8 +125,8 @@ rule annotation:
 
 rule masked:
     input:
+        unpack(get_run_model),
         data="results/bench/{evalset}/data.h5ad",
-        model="results/train/{method}/model.pt",
     output:
         tsv="results/bench/{evalset}/{method}/masked.tsv",
     log:

@@ -202,6 +202,15 @@ def baseline_params(wildcards):
     return {"seed": bench["seed"], **extra.get(wildcards.method, {})}
 
 
+def get_run_model(wildcards):
+    """A trained run's model.pt, and the gene statistics its rank tokenizer needs."""
+    run = RUNS[wildcards.method]
+    inputs = {"model": f"results/train/{wildcards.method}/model.pt"}
+    if TOKENIZERS[run["tokenizer"]]["kind"] == "rank":
+        inputs["gene_stats"] = f"results/corpus/{run['corpus']}/gene_stats.tsv"
+    return inputs
+
+
 def bench_metric_files(evalset):
     """Every metric table of an evaluation set: methods x metrics (masked: trained runs only).
 

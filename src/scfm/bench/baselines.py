@@ -103,17 +103,8 @@ def baseline_embedding(
         adata.obs[["scfm_label", "scfm_batch", "scfm_split"]],
         f"X_{method}",
         emb,
-        {
-            "method": method,
-            "evalset": str(evalset),
-            "params": _h5_safe(params),
-            "scfm_version": __version__,
-        },
+        {"method": method, "evalset": str(evalset), "params": params, "scfm_version": __version__},
+        stage="baseline",
     )
     log.info("%s: embedding %d x %d written to %s", method, *emb.shape, output)
     return emb
-
-
-def _h5_safe(params: dict[str, Any]) -> dict[str, Any]:
-    """Parameters as h5ad can store them (None becomes the string 'null')."""
-    return {k: ("null" if v is None else v) for k, v in params.items()}

@@ -171,6 +171,7 @@ def masked_job(
     max_cells: int | None = 10000,
     batch_size: int = 256,
     seed: int = 0,
+    gene_stats: str | Path | None = None,
 ) -> pd.DataFrame:
     """Masked-prediction loss of a trained run on the evaluation cells, beside trivial ones."""
     from scfm.embed import masked_prediction
@@ -181,7 +182,7 @@ def masked_job(
     for rec in result.to_dict("records"):
         objective = rec["objective"]
         for column, value in rec.items():
-            if column == "loss" or column.startswith("trivial"):
+            if column == "loss" or (column.startswith("trivial_") and column != "trivial_stats"):
                 name = f"{objective} loss" if column == "loss" else f"{objective} {column}"
                 rows.append(
                     {"method": method, "type": "Masked prediction", "metric": name, "value": value}

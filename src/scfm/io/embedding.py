@@ -7,6 +7,7 @@ came from by ``obs_names``; the counts are not copied.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,15 @@ def write_embedding(
     obs: pd.DataFrame,
     key: str,
     embedding: np.ndarray,
-    provenance: dict[str, Any] | None = None,
+    record: dict[str, Any] | None = None,
+    *,
+    stage: str = "embed",
 ) -> None:
-    """Atomically write ``obs`` and ``obsm[key] = embedding`` (float32) to an h5ad file."""
+    """Atomically write ``obs`` and ``obsm[key] = embedding`` (float32) to an h5ad file.
+
+    ``record`` (JSON-serialisable) is the provenance, stored as JSON in ``uns["scfm"][stage]``
+    like every scfm stage's record (read it with :func:`scfm.io.h5ad.provenance`).
+    """
     embedding = np.asarray(embedding, dtype=np.float32)
     if embedding.ndim != 2 or embedding.shape[0] != len(obs):
         raise ValueError(
@@ -33,8 +40,10 @@ def write_embedding(
         )
     if not np.isfinite(embedding).all():
         raise ValueError(f"{key}: embedding has NaN or infinite values")
-    out = ad.AnnData(obs=obs.copy(), obsm={key: embedding})
-    out.uns["scfm"] = {"embedding": {"key": key, **(provenance or {})}}
+    record = {"key": key, **(record or {})}
+    out = ad.AnnData(
+        obs=obs.copy(), obsm={key: embedding}, uns={"scfm": {stage: json.dumps(record)}}
+    )
     with atomic_path(path, suffix=".h5ad") as tmp:
         out.write_h5ad(tmp)
 

@@ -465,6 +465,40 @@ class ValueStats:
             stats.update(batch)
         return stats
 
+    _ARRAYS: ClassVar[tuple[str, ...]] = ("global_hist", "gene_count", "gene_sum", "gene_hist")
+
+    def to_payload(self) -> dict[str, Any]:
+        """Plain values and tensors, storable in ``model.pt`` (loads with ``weights_only=True``)."""
+        out: dict[str, Any] = {
+            "value_kind": self.value_kind,
+            "vocab_size": self.vocab_size,
+            "n_classes": self.n_classes,
+            "hist_cap": self.hist_cap,
+            "prior": self.prior,
+        }
+        for name in self._ARRAYS:
+            value = getattr(self, name)
+            out[name] = None if value is None else torch.from_numpy(np.ascontiguousarray(value))
+        return out
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> ValueStats:
+        """Inverse of :meth:`to_payload` (raises KeyError/TypeError/ValueError if malformed)."""
+        arrays = {
+            name: None
+            if payload.get(name) is None
+            else torch.as_tensor(payload[name]).numpy().copy()
+            for name in cls._ARRAYS
+        }
+        return cls(
+            value_kind=str(payload["value_kind"]),
+            vocab_size=int(payload["vocab_size"]),
+            n_classes=None if payload.get("n_classes") is None else int(payload["n_classes"]),
+            hist_cap=int(payload["hist_cap"]),
+            prior=float(payload.get("prior", 1.0)),
+            **arrays,
+        )
+
     def update(self, batch: Mapping[str, Any]) -> None:
         """Add a batch's (non-pad, non-cls) positions."""
         padding = batch["padding_mask"].cpu().numpy()

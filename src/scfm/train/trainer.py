@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import itertools
 import logging
 import math
 import os
@@ -37,7 +38,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -279,6 +280,9 @@ def _train(
                 "heads": objectives.state_dict(),
                 "step": step,
                 "run_config": meta["run_config"],
+                # the trivial predictors' statistics, so that masked-prediction scores on
+                # other data are read against the same baselines as training's
+                "value_stats": stats.to_payload() if stats is not None else None,
             },
         )
     if env.is_main:
@@ -428,21 +432,35 @@ def _reduce_window(
     return rows
 
 
-@torch.no_grad()
 def _evaluate(
     net: _Net, loader: CorpusLoader, stats: Any, run: RunConfig, env: DistEnv, autocast: Any
 ) -> dict[str, dict]:
     """Loss on the first ``val_batches`` batches of val (the same batches and masks each time)."""
     net.eval()
-    window = _Window()
     loader.set_epoch(0)
     with contextlib.closing(iter(loader)) as it:
-        for _, batch in zip(range(run.val_batches), it, strict=False):
-            with autocast:
-                results = net(_to_device(batch, env.device))
-            for name, r in results.items():
-                window.add(name, float(r.loss), float(r.n), _trivial(name, batch, stats))
+        rows = evaluate_batches(net, itertools.islice(it, run.val_batches), stats, env, autocast)
     net.train()
+    return rows
+
+
+@torch.no_grad()
+def evaluate_batches(
+    net: _Net, batches: Iterable[dict[str, Any]], stats: Any, env: DistEnv, autocast: Any
+) -> dict[str, dict]:
+    """Validation rows over ``batches``: each objective's loss and trivial predictors, "total".
+
+    The definition of the val rows of ``metrics.tsv``: per objective the loss pooled over the
+    batches (mean over its ``n`` positions or cells) with the trivial predictors' losses on
+    the same positions, and "total" (the weighted sum of the pooled losses); pooled over
+    ranks when ``env`` is distributed. ``net`` should be in eval mode.
+    """
+    window = _Window()
+    for batch in batches:
+        with autocast:
+            results = net(_to_device(batch, env.device))
+        for name, r in results.items():
+            window.add(name, float(r.loss), float(r.n), _trivial(name, batch, stats))
     rows = _reduce_window(window, net.objectives, env, None)
     return {k: {"loss": v["loss"]} if k == "total" else v for k, v in rows.items()}
 
