@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.scfm-installed
 PROFILE ?= profiles/local
 
-.PHONY: demo test lint constraints clean-demo
+.PHONY: demo test lint constraints clean-demo browser
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,9 +17,20 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(BIN)/snakemake --profile $(PROFILE)
+	$(BIN)/snakemake --profile $(PROFILE) --report results/report.html
+	@echo "demo done: open results/report.html"
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/pytest
+
+# The report test opens the HTML report in Debian's chromium; install it when we may (root with
+# apt-get, as in CI), otherwise that one test is skipped and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing chromium (apt-get) for the report test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "note: no chromium and no root apt-get: the browser test of the report will be skipped"; fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check src scripts tests benchmarks

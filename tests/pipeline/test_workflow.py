@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import html as htmllib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -68,6 +70,14 @@ SMALL_CONFIG = {
             "val_batches": 2,
             "checkpoint_every": 3,
             "stats_batches": 2,
+        }
+    },
+    "benchmarks": {
+        "s": {
+            "dataset": "sim_demo",
+            "split_key": "donor",
+            "methods": ["pca", "random", "t"],
+            "scgraph": {"min_batch_cells": 50},
         }
     },
 }
@@ -143,6 +153,63 @@ def test_second_run_does_nothing(workdir, demo_run):
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
+def test_benchmark_tables_put_runs_next_to_baselines(workdir, demo_run):
+    bench = workdir / "results" / "bench" / "s"
+    long = pd.read_csv(bench / "summary.tsv", sep="\t")
+    assert set(long["method"]) == {"pca", "random", "t", "hvg"}  # hvg: annotation reference
+    assert set(long["type"]) == {
+        "Bio conservation",
+        "Batch correction",
+        "Aggregate score",
+        "scGraph",
+        "Annotation",
+        "Masked prediction",
+    }
+    wide = pd.read_csv(bench / "summary.wide.tsv", sep="\t", index_col="method")
+    # the simulated cell types are easy: PCA keeps them, noise does not
+    assert wide.loc["pca", "Bio conservation"] > wide.loc["random", "Bio conservation"] + 0.2
+    assert wide.loc["pca", "LogReg accuracy"] > 0.9 > 0.6 > wide.loc["random", "LogReg accuracy"]
+    assert wide.loc["pca", "Corr-Weighted"] > wide.loc["random", "Corr-Weighted"]
+    masked = long[long["type"] == "Masked prediction"]
+    assert set(masked["method"]) == {"t"} and "mse loss" in set(masked["metric"])
+    assert (bench / "results_table.png").stat().st_size > 20_000
+    emb = ad.read_h5ad(workdir / "results" / "embed" / "t" / "s.h5ad")
+    data = ad.read_h5ad(bench / "data.h5ad", backed="r")
+    assert list(emb.obsm) == ["X_t"] and emb.obs_names.equals(data.obs_names)
+    overall = pd.read_csv(workdir / "results" / "bench" / "summary.tsv", sep="\t")
+    assert set(overall["evalset"]) == {"s"} and len(overall) == len(long)
+
+
+def test_one_metric_job_is_rebuilt_alone(workdir, demo_run):
+    target = workdir / "results" / "bench" / "s" / "pca" / "scgraph.tsv"
+    before = target.read_text()
+    target.unlink()
+    res = snakemake(
+        workdir, "--profile", "profiles/local", "--cores", "1", str(target.relative_to(workdir))
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = res.stdout + res.stderr
+    assert out.count("rule scgraph:") == 1 and "rule scib:" not in out and "rule embed:" not in out
+    assert target.read_text() == before
+
+
+def test_forcing_one_metric_rule_reruns_only_its_jobs(workdir, demo_run):
+    res = snakemake(
+        workdir, "--profile", "profiles/local", "--cores", "2", "-n", "--forcerun", "annotation"
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = res.stdout + res.stderr
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", out.split("Job stats:")[1], re.M))
+    # 4 annotation jobs (pca, random, t, hvg), then only what reads their tables
+    assert jobs == {
+        "annotation": "4",
+        "bench_summary": "1",
+        "bench_all": "1",
+        "all": "1",
+        "total": "7",
+    }
+
+
 def test_rerun_one_output_runs_only_its_rule(workdir, demo_run):
     res = snakemake(
         workdir,
@@ -159,11 +226,58 @@ def test_rerun_one_output_runs_only_its_rule(workdir, demo_run):
     assert "rule standardize:" not in out and "rule download:" not in out
 
 
-def test_report_renders_qc_figures(workdir, demo_run):
+def _chromium() -> str | None:
+    return next(
+        (
+            shutil.which(b)
+            for b in ("chromium", "chromium-browser", "google-chrome")
+            if shutil.which(b)
+        ),
+        None,
+    )
+
+
+def test_report_renders_in_a_headless_browser(workdir, demo_run, tmp_path):
+    """`snakemake --report` as one HTML file, opened in a real browser and clicked through."""
     res = snakemake(workdir, "--profile", "profiles/local", "--report", "report.html")
     assert res.returncode == 0, res.stderr[-2000:]
     html = (workdir / "report.html").read_text()
-    assert "sim_demo.qc.png" in html and "pbmc_demo.qc.png" in html
+    assert "sim_demo.qc.png" in html and "results_table.png" in html and "umap.png" in html
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("no chromium: `apt-get install chromium` (make test installs it as root)")
+    plan = [
+        [["Benchmarks"], "results table"],
+        [["Benchmarks"], "UMAP"],
+        [["QC", "sim_demo"], "QC metrics"],
+        [["Training"], "loss curves"],
+    ]
+    probe = (Path(__file__).parent / "report_probe.js").read_text()
+    probe = probe.replace("PLAN", json.dumps(plan))
+    i = html.rfind("</body>")
+    page = tmp_path / "report_probed.html"
+    page.write_text(html[:i] + probe + html[i:])
+    dom = subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=60000",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    ).stdout
+    found = re.findall(r'<pre id="scfm-probe">(.*?)</pre>', dom, re.S)
+    assert found, "the report did not render (no probe output)"
+    results = json.loads(htmllib.unescape(found[-1]))
+    assert len(results) == len(plan)
+    for r in results:
+        assert "error" not in r, r
+        assert r["images"] and all(w > 300 and h > 200 for w, h in r["images"]), r
 
 
 def test_bad_config_stops_before_any_job(tmp_path):

@@ -182,7 +182,10 @@ def masked_job(
     for rec in result.to_dict("records"):
         objective = rec["objective"]
         for column, value in rec.items():
-            if column == "loss" or (column.startswith("trivial_") and column != "trivial_stats"):
+            wanted = column == "loss" or (
+                column.startswith("trivial_") and column != "trivial_stats"
+            )
+            if wanted and pd.notna(value):
                 name = f"{objective} loss" if column == "loss" else f"{objective} {column}"
                 rows.append(
                     {"method": method, "type": "Masked prediction", "metric": name, "value": value}
