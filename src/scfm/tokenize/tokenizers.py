@@ -34,6 +34,7 @@ import scipy.sparse as sp
 
 from scfm.errors import ScfmInputError
 from scfm.tokenize import kernels
+from scfm.tokenize.binary import tokenize_binary
 from scfm.tokenize.vocab import Vocab
 
 KINDS = {
@@ -41,6 +42,7 @@ KINDS = {
     "rank": kernels.RANK,
     "continuous": kernels.CONTINUOUS,
     "counts": kernels.COUNTS,
+    "binary": -1,  # scfm.tokenize.binary (accessible / inaccessible features, e.g. scATAC)
 }
 MODES = {
     "nonzero": kernels.NONZERO,
@@ -48,7 +50,13 @@ MODES = {
     "random": kernels.RANDOM,
     "panel": kernels.PANEL,
 }
-VALUE_KIND = {"binned": "bin", "counts": "count", "continuous": "float", "rank": "none"}
+VALUE_KIND = {
+    "binned": "bin",
+    "counts": "count",
+    "continuous": "float",
+    "rank": "none",
+    "binary": "bin",
+}
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,7 @@ class TokenizerConfig:
     top_k: int = 512
     seed: int = 0
     max_missing_fraction: float = 0.5
+    negatives: float = 1.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -81,6 +90,10 @@ class TokenizerConfig:
             )
         if self.n_bins > 32767:
             problems.append(f"n_bins: {self.n_bins}; expected at most 32767 (int16 value tokens)")
+        if self.negatives < 0:
+            problems.append(f"negatives: {self.negatives} < 0; expected a ratio >= 0")
+        if self.kind == "binary" and self.genes != "nonzero":
+            problems.append("genes: binary takes the accessible features; expected 'nonzero'")
         if self.kind == "rank" and self.genes != "nonzero":
             problems.append("genes: rank encoding orders the expressed genes; expected 'nonzero'")
         if problems:
@@ -99,12 +112,16 @@ class TokenizerConfig:
     @property
     def n_value_tokens(self) -> int | None:
         """Number of distinct value tokens (bins or capped counts), else None."""
-        return {"binned": self.n_bins, "counts": self.vocab_size}.get(self.kind)
+        return {"binned": self.n_bins, "counts": self.vocab_size, "binary": 2}.get(self.kind)
 
     def params(self) -> dict[str, Any]:
         """The parameters that define the tokens (recorded in manifests and models)."""
         keep = {"kind", "max_len", "genes", "target_sum"}
-        keep |= {"binned": {"n_bins"}, "counts": {"vocab_size"}}.get(self.kind, set())
+        keep |= {
+            "binned": {"n_bins"},
+            "counts": {"vocab_size"},
+            "binary": {"negatives", "seed"},
+        }.get(self.kind, set())
         keep |= {"top_k": {"top_k"}, "random": {"seed"}}.get(self.genes, set())
         return {k: v for k, v in asdict(self).items() if k in keep}
 
@@ -174,6 +191,22 @@ def tokenize_csr(
     block = sp.csr_matrix(block)
     rows = np.arange(block.shape[0]) if rows is None else np.asarray(rows, dtype=np.int64)
     n = len(rows)
+    if seeds is None:
+        seeds = cell_seeds(cfg.seed, "", np.arange(block.shape[0]))
+    if cfg.kind == "binary":
+        if col_sums is not None:
+            col_sums += np.asarray(block[rows].sum(axis=0), dtype=np.float64).ravel()
+        offsets, genes, values = tokenize_binary(
+            block,
+            col_token,
+            max_len=cfg.max_len,
+            negatives=cfg.negatives,
+            n_special=n_special,
+            n_vocab=n_vocab,
+            seeds=seeds,
+            rows=rows,
+        )
+        return Tokens(offsets=offsets, genes=genes, values=values)
     totals = np.asarray(block.sum(axis=1), dtype=np.float64).ravel()
     panel = n_vocab - n_special if cfg.genes == "panel" else 0
     if panel > cfg.max_len:
@@ -191,8 +224,6 @@ def tokenize_csr(
         if cfg.kind == "rank":
             raise ValueError("rank tokenizer needs the corpus gene medians")
         inv_median = np.ones(1, np.float64)
-    if seeds is None:
-        seeds = cell_seeds(cfg.seed, "", np.arange(block.shape[0]))
     if col_sums is None:
         col_sums = np.zeros(block.shape[1], np.float64)
     kernels.tokenize_rows(
