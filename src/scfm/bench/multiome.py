@@ -1,4 +1,4 @@
-"""Multi-omic checks: do two modalities' embeddings of the same cells agree?
+"""Multi-omic checks: whether two modalities' embeddings of the same cells agree.
 
 FOSCTTM, "fraction of samples closer than the true match" (Liu et al. 2019, UnionCom; used by
 SCOT and later integration benchmarks): for each cell i with embeddings ``a_i`` (modality 1)
