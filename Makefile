@@ -12,7 +12,7 @@ PROFILE ?= profiles/local
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,scvi]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,scvi,registry]"
 	@touch $(STAMP)
 
 demo: $(STAMP)

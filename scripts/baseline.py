@@ -4,6 +4,7 @@ import _scfm_path  # noqa: F401 - makes this checkout's src/ importable in any e
 
 from scfm.bench.baselines import baseline_embedding
 from scfm.logs import setup_logging
+from scfm.registry import register_outputs
 
 setup_logging(snakemake.log[0])
 baseline_embedding(
@@ -12,3 +13,4 @@ baseline_embedding(
     snakemake.output.h5ad,
     snakemake.params.params,
 )
+register_outputs(snakemake, kind="embedding")  # no-op unless registry.enabled

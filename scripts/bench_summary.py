@@ -4,6 +4,7 @@ import _scfm_path  # noqa: F401 - makes this checkout's src/ importable in any e
 
 from scfm.bench.jobs import summary_job
 from scfm.logs import setup_logging
+from scfm.registry import register_outputs
 
 setup_logging(snakemake.log[0])
 summary_job(
@@ -13,3 +14,5 @@ summary_job(
     snakemake.output.png,
     evalset=snakemake.wildcards.evalset,
 )
+# lineage: the embeddings behind the metric tables (no-op unless registry.enabled)
+register_outputs(snakemake, kind="benchmark", lineage=snakemake.params.lineage)

@@ -5,6 +5,7 @@ from pathlib import Path
 import _scfm_path  # noqa: F401 - makes this checkout's src/ importable in any env
 
 from scfm.logs import setup_logging
+from scfm.registry import register_outputs
 from scfm.shard import merge_manifests
 
 setup_logging(snakemake.log[0])
@@ -16,3 +17,4 @@ merge_manifests(
     vocab_path=snakemake.input.vocab,
     weights=snakemake.params.weights,
 )
+register_outputs(snakemake, kind="corpus")  # no-op unless registry.enabled

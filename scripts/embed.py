@@ -4,6 +4,7 @@ import _scfm_path  # noqa: F401 - makes this checkout's src/ importable in any e
 
 from scfm.embed import embed_file
 from scfm.logs import setup_logging
+from scfm.registry import register_outputs
 
 setup_logging(snakemake.log[0])
 embed_file(
@@ -14,3 +15,4 @@ embed_file(
     batch_size=snakemake.params.bench["batch_size"],
     gene_stats=snakemake.input.get("gene_stats"),
 )
+register_outputs(snakemake, kind="embedding")  # no-op unless registry.enabled

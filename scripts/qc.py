@@ -4,6 +4,7 @@ import _scfm_path  # noqa: F401 - makes this checkout's src/ importable in any e
 
 from scfm.logs import setup_logging
 from scfm.qc import qc_rna
+from scfm.registry import register_outputs
 
 setup_logging(snakemake.log[0])
 qc_rna(
@@ -16,3 +17,4 @@ qc_rna(
     chunk_cells=snakemake.params.chunk_cells,
     compression=snakemake.params.compression,
 )
+register_outputs(snakemake, kind="qc")  # no-op unless registry.enabled

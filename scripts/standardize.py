@@ -4,6 +4,7 @@ import _scfm_path  # noqa: F401 - makes this checkout's src/ importable in any e
 
 from scfm.io.standardize import standardize
 from scfm.logs import setup_logging
+from scfm.registry import register_outputs
 
 setup_logging(snakemake.log[0])
 standardize(
@@ -15,3 +16,4 @@ standardize(
     chunk_cells=snakemake.params.chunk_cells,
     compression=snakemake.params.compression,
 )
+register_outputs(snakemake, kind="standard")  # no-op unless registry.enabled

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import _scfm_path  # noqa: F401 - makes this checkout's src/ importable in any env
 
+from scfm.registry import register_outputs
 from scfm.train.launch import launch_command
 
 out = Path(snakemake.params.out)
@@ -22,4 +23,7 @@ cmd = launch_command(
     log=snakemake.log[0],
 )
 # exit code 75 = stopped by SIGTERM/SIGUSR1 after a checkpoint: the retry resumes from it
-sys.exit(subprocess.call(cmd))
+code = subprocess.call(cmd)
+if code == 0:
+    register_outputs(snakemake, kind="model")  # no-op unless registry.enabled
+sys.exit(code)

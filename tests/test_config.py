@@ -144,7 +144,7 @@ def test_cli_validate_config(tmp_path, capsys):
     from scfm.cli import main
 
     assert main(["validate-config", str(REPO / "config" / "config.yaml")]) == 0
-    assert "valid (2 datasets, 1 corpora)" in capsys.readouterr().out
+    assert "valid (3 datasets, 2 corpora)" in capsys.readouterr().out
     assert main(["validate-config", "--resolved", str(REPO / "config" / "config.yaml")]) == 0
     assert "chunk_cells: 20000" in capsys.readouterr().out
     bad = tmp_path / "bad.yaml"

@@ -1,4 +1,4 @@
-"""Command line: ``scfm validate-config``, ``scfm embed`` (more come with later stages)."""
+"""Command line: ``scfm validate-config``, ``scfm embed``, ``scfm registry``."""
 
 from __future__ import annotations
 
@@ -57,6 +57,78 @@ def _embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _registry(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from scfm import registry
+    from scfm.registry._format import format_lineage, format_records, format_show
+
+    block: dict = {}
+    config_path = Path(args.config) if args.config else Path("config/config.yaml")
+    if args.config or config_path.exists():
+        from scfm.config import load_config
+
+        try:
+            block = dict(load_config(config_path).get("registry") or {})
+        except ScfmConfigError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+    for key in ("instance", "path", "settings_dir", "timeout"):
+        if getattr(args, key) is not None:
+            block[key] = getattr(args, key)
+    settings = registry.RegistrySettings.from_config(block)
+    try:
+        if args.action == "list":
+            result = registry.list_records(settings, kind=args.kind, limit=args.limit)
+            text = format_records(result) if not args.json else None
+        elif args.action == "show":
+            result = registry.show(settings, args.ident)
+            text = format_show(result) if not args.json else None
+        else:
+            result = registry.lineage(settings, args.ident)
+            text = format_lineage(result) if not args.json else None
+    except registry.ScfmRegistryNotFound as exc:
+        print(f"scfm registry {args.action}: {exc}", file=sys.stderr)
+        return 1
+    except registry.ScfmRegistryError as exc:
+        print(f"scfm registry {args.action}: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2, default=str) if args.json else text)
+    return 0
+
+
+def _add_registry_parser(sub: argparse._SubParsersAction) -> None:
+    r = sub.add_parser(
+        "registry",
+        help="what the pipeline registered (lamindb): list, show <key>, lineage <key>",
+        description="Query the data registry (docs/registry.md). It is found through the "
+        "`registry` block of --config (default config/config.yaml when present) unless the "
+        "options below say otherwise; needs pip install 'scfm[registry]'.",
+    )
+    r.add_argument("--config", help="config YAML whose `registry` block names the registry")
+    r.add_argument("--path", help="directory of the embedded registry (default .scfm-registry)")
+    r.add_argument("--instance", help="owner/name of a lab's lamindb instance")
+    r.add_argument("--settings-dir", dest="settings_dir", help="LAMIN_SETTINGS_DIR to use")
+    r.add_argument("--timeout", type=float, help="seconds to reach the registry")
+    r.add_argument("--json", action="store_true", help="print JSON instead of text")
+    actions = r.add_subparsers(dest="action", required=True)
+    ls = actions.add_parser("list", help="latest version of every registered file and corpus")
+    ls.add_argument(
+        "--kind",
+        choices=["raw", "standard", "qc", "corpus", "model", "embedding", "benchmark"],
+        help="only records of this kind",
+    )
+    ls.add_argument("--limit", type=_positive_int, default=500, help="at most this many")
+    for name, text in (
+        ("show", "one record: where it is, the run that made it, inputs, versions, users"),
+        ("lineage", "the tree of inputs and rules behind a record, down to the raw data"),
+    ):
+        a = actions.add_parser(name, help=text)
+        a.add_argument("ident", metavar="KEY", help="key (path in the workdir) or uid")
+    r.set_defaults(func=_registry)
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -92,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         "--gene-stats", help="the training corpus' gene_stats.tsv (rank tokenizers only)"
     )
     e.set_defaults(func=_embed)
+    _add_registry_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

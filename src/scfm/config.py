@@ -31,6 +31,7 @@ def load_schema(path: str | Path | None = None) -> dict[str, Any]:
     # A dataset's `qc` block overrides qc.<modality> key by key, so it must not get defaults
     # of its own (they would silently shadow the lab-wide values).
     schema["$defs"]["qc_rna_override"] = _strip_defaults(schema["$defs"]["qc_rna"])
+    schema["$defs"]["qc_atac_override"] = _strip_defaults(schema["$defs"]["qc_atac"])
     return schema
 
 
@@ -147,7 +148,17 @@ def validate_config(
     problems += [p for p in _cross_references(instance) if p not in problems]
     if problems:
         raise ScfmConfigError(problems)
+    _fill_registry_sources(instance)
     return instance
+
+
+def _fill_registry_sources(config: dict[str, Any]) -> None:
+    """A `lamindb` dataset reads from the top-level registry unless it names its own."""
+    top = config.get("registry") or {}
+    location = {k: top[k] for k in ("instance", "path", "settings_dir", "timeout") if k in top}
+    for ds in (config.get("datasets") or {}).values():
+        if isinstance(ds, dict) and ds.get("source") == "lamindb":
+            ds["registry"] = {**location, **(ds.get("registry") or {})}
 
 
 def _leaf_errors(error: jsonschema.ValidationError) -> list[jsonschema.ValidationError]:
@@ -173,6 +184,20 @@ def _cross_references(config: Mapping[str, Any]) -> list[str]:
             problems.append(
                 f"datasets.{name}.genes.id_type: 'symbol' needs a gene table; expected "
                 f"references.{ds.get('organism')}.genes to be set"
+            )
+    for name, ds in datasets.items():
+        if not isinstance(ds, dict) or ds.get("modality") != "atac":
+            continue
+        genome = ds.get("genome") or ds.get("organism", "human")
+        if "genome" not in (references.get(genome) or {}):
+            problems.append(
+                f"datasets.{name}.genome: scATAC needs chromosome sizes and a gene annotation; "
+                f"expected references.{genome}.genome to be set"
+            )
+        if ds.get("source") == "demo" and ds.get("demo") != "simulated_atac":
+            problems.append(
+                f"datasets.{name}.demo: {ds.get('demo')!r} is an RNA demo; expected "
+                "simulated_atac for modality atac"
             )
     tokenizers = config.get("tokenizers") or {}
     for name, corpus in (config.get("corpora") or {}).items():
@@ -241,7 +266,7 @@ def _cross_references(config: Mapping[str, Any]) -> list[str]:
 
 
 #: Methods every evaluation set can name besides the trained runs (see scfm.bench.baselines).
-BASELINES = ("pca", "hvg", "scvi", "random")
+BASELINES = ("pca", "hvg", "scvi", "random", "lsi")
 
 
 def _benchmark_references(config: Mapping[str, Any]) -> list[str]:
@@ -264,8 +289,6 @@ def _benchmark_references(config: Mapping[str, Any]) -> list[str]:
                 f"benchmarks.{name}.dataset: {ds!r} is not a dataset; expected one of: "
                 f"{', '.join(datasets)}"
             )
-        elif ds is not None and (datasets[ds] or {}).get("modality", "rna") != "rna":
-            problems.append(f"benchmarks.{name}.dataset: {ds!r} is not an RNA dataset")
         for i, method in enumerate(bench.get("methods") or []):
             if method not in BASELINES and method not in runs:
                 problems.append(

@@ -59,7 +59,7 @@ rule scib:
     input:
         data="results/bench/{evalset}/data.h5ad",
         embedding="results/embed/{method}/{evalset}.h5ad",
-        unintegrated="results/embed/pca/{evalset}.h5ad",
+        unintegrated=get_unintegrated,
     output:
         tsv="results/bench/{evalset}/{method}/scib.tsv",
     log:
@@ -195,6 +195,8 @@ rule bench_summary:
         "logs/bench_summary/{evalset}.log",
     conda:
         "../../envs/bench.yaml"
+    params:
+        lineage=get_bench_embeddings,
     script:
         "../../scripts/bench_summary.py"
 

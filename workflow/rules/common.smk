@@ -11,20 +11,40 @@ config = validate_config(
 
 DATASETS = config["datasets"]
 RNA_DATASETS = [n for n, d in DATASETS.items() if d["modality"] == "rna"]
+ATAC_DATASETS = [n for n, d in DATASETS.items() if d["modality"] == "atac"]
 NAME = "[A-Za-z0-9_.-]+"
+# The qc (RNA) and atac_features rules both write results/qc/<dataset>.h5ad; these tell them apart
+NEVER = "(?!x)x"
+RNA_RE = "|".join(re.escape(n) for n in RNA_DATASETS) or NEVER
+ATAC_RE = "|".join(re.escape(n) for n in ATAC_DATASETS) or NEVER
 
 
 wildcard_constraints:
     dataset=NAME,
     organism=NAME,
+    genome=NAME,
+    evalset=NAME,
+    method=NAME,
     corpus=NAME,
     tokenizer=NAME,
     run=NAME,
 
 
 def dataset_cfg(wildcards):
-    """The validated config block of the dataset named by the wildcard."""
-    return DATASETS[wildcards.dataset]
+    """The validated config block of the dataset named by the wildcard.
+
+    scATAC datasets also get ``genome_spec``: their reference genome block (the simulator
+    places its fragments on that genome).
+    """
+    cfg = DATASETS[wildcards.dataset]
+    if cfg["modality"] == "atac":
+        return {**cfg, "genome_spec": config["references"][atac_genome(cfg)]["genome"]}
+    return cfg
+
+
+def atac_genome(cfg):
+    """The references.<name> whose genome an scATAC dataset is on."""
+    return cfg.get("genome") or cfg["organism"]
 
 
 def dataset_organism(wildcards):
@@ -147,6 +167,52 @@ def get_run_vocab(wildcards):
     return f"results/corpus/{RUNS[wildcards.run]['corpus']}/vocab.tsv"
 
 
+def atac_qc_params(wildcards):
+    """qc.atac with the dataset's own overrides on top."""
+    return {**config["qc"]["atac"], **DATASETS[wildcards.dataset].get("qc", {})}
+
+
+def get_atac_genome(wildcards):
+    """The prepared genome files of an scATAC dataset."""
+    genome = atac_genome(DATASETS[wildcards.dataset])
+    return {
+        "chrom_sizes": f"resources/reference/{genome}/genome/chrom.sizes",
+        "genes": f"resources/reference/{genome}/genome/genes.tsv",
+    }
+
+
+def genome_spec(wildcards):
+    """references.<genome>.genome."""
+    return config["references"][wildcards.genome]["genome"]
+
+
+def get_genome_input(wildcards):
+    """Local files a genome spec names are inputs of its rule."""
+    spec = genome_spec(wildcards)
+    paths = [spec.get("chrom_sizes"), (spec.get("annotation") or {}).get("path")]
+    return [p for p in paths if p]
+
+
+def get_peakset_summits(wildcards):
+    """Summits of every scATAC dataset on a genome: one shared peak set."""
+    return [
+        f"results/atac/{d}/summits.bed"
+        for d in ATAC_DATASETS
+        if atac_genome(DATASETS[d]) == wildcards.genome
+    ]
+
+
+def get_dataset_peakset(wildcards):
+    """The shared peak set of the dataset's genome."""
+    return f"results/atac/peaks/{atac_genome(DATASETS[wildcards.dataset])}.bed"
+
+
+def get_atac_features(wildcards):
+    """The matrix (peaks, tiles or genes) that becomes the dataset's QC'd h5ad."""
+    kind = DATASETS[wildcards.dataset]["features"]
+    return f"results/atac/{wildcards.dataset}.{kind}.h5ad"
+
+
 def get_final_outputs():
     """What `snakemake` builds by default: QC outputs, corpus manifests, trained runs."""
     qc = expand(
@@ -165,20 +231,24 @@ def get_final_outputs():
     runs = expand(
         ["results/train/{run}/model.pt", "results/train/{run}/loss.png"], run=list(RUNS)
     )
-    return qc + corpora + runs + get_bench_outputs()
+    atac = expand(
+        [
+            "results/qc/{dataset}.h5ad",
+            "results/atac/{dataset}/qc.png",
+            "results/atac/{dataset}.tiles.h5ad",
+            "results/atac/{dataset}.genes.h5ad",
+        ],
+        dataset=ATAC_DATASETS,
+    )
+    return qc + atac + corpora + runs + get_bench_outputs()
 
 
 BENCHMARKS = config["benchmarks"]
-BASELINE_NAMES = ["pca", "hvg", "scvi", "random"]
+BASELINE_NAMES = ["pca", "hvg", "scvi", "random", "lsi"]
 # Rule `baseline` makes the baselines' embeddings, rule `embed` the trained runs'; both write
 # results/embed/<method>/<evalset>.h5ad, told apart by these constraints.
 BASELINE_RE = "|".join(BASELINE_NAMES)
-RUN_RE = "|".join(re.escape(r) for r in RUNS) or "(?!x)x"
-
-
-wildcard_constraints:
-    evalset=NAME,
-    method=NAME,
+RUN_RE = "|".join(re.escape(r) for r in RUNS) or NEVER
 
 
 def bench_cfg(wildcards):
@@ -196,6 +266,7 @@ def baseline_params(wildcards):
     bench = BENCHMARKS[wildcards.evalset]
     extra = {
         "pca": {"n_pcs": bench["n_pcs"]},
+        "lsi": {"n_pcs": bench["n_pcs"]},
         "scvi": bench["scvi"],
         "random": bench["random"],
     }
@@ -229,6 +300,13 @@ def bench_metric_files(evalset):
     return files
 
 
+def get_unintegrated(wildcards):
+    """scib's PCR comparison reference: PCA for RNA, LSI for scATAC evaluation sets."""
+    dataset = BENCHMARKS[wildcards.evalset]["dataset"]
+    method = "lsi" if DATASETS[dataset]["modality"] == "atac" else "pca"
+    return f"results/embed/{method}/{wildcards.evalset}.h5ad"
+
+
 def get_bench_tables(wildcards):
     """Metric tables merged into one evaluation set's summary."""
     return bench_metric_files(wildcards.evalset)
@@ -247,3 +325,15 @@ def get_bench_outputs():
         if bench["umap"]:
             files += [f"results/bench/{name}/{m}/umap.png" for m in bench["methods"]]
     return files
+
+
+def get_bench_embeddings(wildcards):
+    """The embeddings behind an evaluation set's metric tables (registry lineage only)."""
+    methods = {f.split("/")[-2] for f in bench_metric_files(wildcards.evalset)}
+    return [f"results/embed/{m}/{wildcards.evalset}.h5ad" for m in sorted(methods)]
+
+
+# The registry (docs/registry.md): without lamindb installed, stop here rather than in a job.
+from scfm.registry import check_installed
+
+check_installed(config)

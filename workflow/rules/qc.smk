@@ -16,6 +16,8 @@ rule qc:
         ),
     log:
         "logs/qc/{dataset}.log",
+    wildcard_constraints:
+        dataset=RNA_RE,
     conda:
         "../../envs/rna.yaml"
     params:

@@ -36,11 +36,14 @@ def guess_format(path: Path, declared: str = "auto") -> str:
         return "10x_h5"
     if name.endswith((".mtx", ".mtx.gz")) or path.is_dir():
         return "mtx"
+    if name.endswith((".tsv.gz", ".tsv", ".bed.gz", ".tsv.bgz")):
+        return "fragments"
     raise ScfmInputError(
         path,
         "format",
         "cannot tell the format from the file name",
-        "a name ending in .h5ad, .h5 or .mtx[.gz], or an explicit `format`",
+        "a name ending in .h5ad, .h5, .mtx[.gz] or (scATAC fragments) .tsv[.gz], or an "
+        "explicit `format`",
     )
 
 

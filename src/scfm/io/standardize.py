@@ -84,7 +84,7 @@ def check_counts(
             )
 
 
-def _harmonise_obs(
+def harmonise_obs(
     src_obs: pd.DataFrame,
     *,
     dataset: str,
@@ -92,6 +92,7 @@ def _harmonise_obs(
     obs_values: dict[str, str],
     obs_keep: list[str],
 ) -> pd.DataFrame:
+    """The harmonised obs columns (OBS_KEYS) from a source table, constants and defaults."""
     obs = pd.DataFrame(index=src_obs.index)
     for key in OBS_KEYS:
         if key in obs_values:
@@ -212,7 +213,7 @@ def standardize(
             log.warning(
                 "%s: %d cell(s) have no row in the obs table and are dropped", dataset, n_no_meta
             )
-        obs = _harmonise_obs(
+        obs = harmonise_obs(
             src_obs,
             dataset=dataset,
             obs_map=settings["obs_map"],

@@ -35,6 +35,7 @@ SOURCES = {
     "cellxgene_dataset": "cellxgene",
     "cellxgene_census": "census",
     "allen_abc": "allen",
+    "lamindb": "lamindb",  # a file already in the registry (scfm.registry); needs scfm[registry]
 }
 
 

@@ -48,6 +48,8 @@ def pbmc68k_counts() -> ad.AnnData:
 
 def fetch(name: str, cfg: dict[str, Any], outdir: Path, *, chunk_cells: int) -> dict[str, Any]:
     """Write the embedded dataset to ``outdir/<demo>.h5ad``; see :mod:`scfm.io.sources`."""
+    if cfg["demo"] == "simulated_atac":
+        return _simulated_atac(cfg, outdir)
     if cfg["demo"] == "pbmc68k":
         adata = pbmc68k_counts()
         defaults = {
@@ -79,3 +81,39 @@ def fetch(name: str, cfg: dict[str, Any], outdir: Path, *, chunk_cells: int) -> 
         "sha256": hash_file(path),
     }
     return {"format": "h5ad", "matrices": [record], "defaults": defaults, "source_info": info}
+
+
+def _simulated_atac(cfg: dict[str, Any], outdir: Path) -> dict[str, Any]:
+    """Simulated scATAC fragments (BGZF + tabix) and barcode metadata on the dataset's genome.
+
+    The genome is the one the config's ``references.<genome>.genome.simulated`` block makes
+    (passed in as ``genome_spec`` by the workflow), so fragments and annotation agree.
+    """
+    from scfm.atac.simulate import simulate_fragments, simulate_genome
+
+    spec = cfg.get("genome_spec") or {}
+    if "simulated" not in spec:
+        raise ValueError(
+            "demo simulated_atac: its genome must be simulated too; expected "
+            "references.<genome>.genome.simulated"
+        )
+    genome = simulate_genome(**spec["simulated"])
+    params = dict(cfg.get("atac_simulation") or {})
+    path = outdir / "fragments.tsv.gz"
+    meta = simulate_fragments(genome, path, **params)
+    barcodes = outdir / "barcodes.tsv"
+    with atomic_path(barcodes, suffix=".tsv") as tmp:
+        meta.to_csv(tmp, sep="\t", index=False)
+    record = {
+        "path": str(path),
+        "url": None,
+        "size": path.stat().st_size,
+        "sha256": hash_file(path),
+    }
+    return {
+        "format": "fragments",
+        "matrices": [record],
+        "obs_table": {"path": str(barcodes), "key": "barcode"},
+        "defaults": {"obs_map": {"cell_type": "cell_type", "batch": "batch", "donor": "donor"}},
+        "source_info": {"origin": "scfm.atac.simulate", "params": params, "genome": spec},
+    }

@@ -1,0 +1,15 @@
+"""Snakemake adapter: rule atac_features -> scfm.atac.pipeline.features."""
+
+import _scfm_path  # noqa: F401 - makes this checkout's src/ importable in any env
+
+from scfm.atac.pipeline import features
+from scfm.logs import setup_logging
+
+setup_logging(snakemake.log[0])
+features(
+    snakemake.input.matrix,
+    snakemake.input.barcodes,
+    snakemake.output.h5ad,
+    dataset=snakemake.wildcards.dataset,
+    kind=snakemake.params.cfg["features"],
+)

@@ -1,0 +1,20 @@
+"""Snakemake adapter: rule atac_qc -> scfm.atac.pipeline.barcode_qc."""
+
+import _scfm_path  # noqa: F401 - makes this checkout's src/ importable in any env
+
+from scfm.atac.pipeline import barcode_qc
+from scfm.logs import setup_logging
+
+setup_logging(snakemake.log[0])
+barcode_qc(
+    snakemake.input.fragments,
+    snakemake.input.chrom_sizes,
+    snakemake.input.genes,
+    snakemake.input.manifest,
+    snakemake.output.table,
+    snakemake.output.barcodes,
+    snakemake.output.figure,
+    dataset=snakemake.wildcards.dataset,
+    cfg=snakemake.params.cfg,
+    qc=snakemake.params.qc,
+)

@@ -1,0 +1,1 @@
+"""scATAC-seq: fragment files, QC, genome bins, peaks, gene activity."""

@@ -1,0 +1,172 @@
+# scATAC branch: fragments -> per-barcode QC -> genome bins, shared peaks, gene activity ->
+# results/qc/<dataset>.h5ad (one of those matrices), which corpora and benchmarks then use as
+# they use RNA. The download rule fetches fragment files like any other source.
+
+
+rule reference_genome:
+    input:
+        get_genome_input,
+    output:
+        chrom_sizes="resources/reference/{genome}/genome/chrom.sizes",
+        genes="resources/reference/{genome}/genome/genes.tsv",
+    log:
+        "logs/reference_genome/{genome}.log",
+    conda:
+        "../../envs/atac.yaml"
+    params:
+        spec=genome_spec,
+    script:
+        "../../scripts/reference_genome.py"
+
+
+rule atac_fragments:
+    input:
+        unpack(get_atac_genome),
+        manifest="resources/raw/{dataset}/manifest.json",
+    output:
+        fragments="results/atac/{dataset}/fragments.tsv.gz",
+        index="results/atac/{dataset}/fragments.tsv.gz.tbi",
+    log:
+        "logs/atac_fragments/{dataset}.log",
+    wildcard_constraints:
+        dataset=ATAC_RE,
+    conda:
+        "../../envs/atac.yaml"
+    params:
+        cfg=dataset_cfg,
+        qc=atac_qc_params,
+    script:
+        "../../scripts/atac_fragments.py"
+
+
+rule atac_qc:
+    input:
+        unpack(get_atac_genome),
+        fragments="results/atac/{dataset}/fragments.tsv.gz",
+        manifest="resources/raw/{dataset}/manifest.json",
+    output:
+        table="results/atac/{dataset}/qc.tsv",
+        barcodes="results/atac/{dataset}/barcodes.tsv",
+        figure=report(
+            "results/atac/{dataset}/qc.png",
+            caption="../report/atac_qc.rst",
+            category="QC",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "figure": "scATAC QC"},
+        ),
+    log:
+        "logs/atac_qc/{dataset}.log",
+    conda:
+        "../../envs/atac.yaml"
+    params:
+        cfg=dataset_cfg,
+        qc=atac_qc_params,
+    script:
+        "../../scripts/atac_qc.py"
+
+
+rule atac_tiles:
+    input:
+        unpack(get_atac_genome),
+        fragments="results/atac/{dataset}/fragments.tsv.gz",
+        barcodes="results/atac/{dataset}/barcodes.tsv",
+    output:
+        h5ad="results/atac/{dataset}.tiles.h5ad",
+    log:
+        "logs/atac_tiles/{dataset}.log",
+    conda:
+        "../../envs/atac.yaml"
+    params:
+        qc=atac_qc_params,
+        compression=config["io"]["compression"],
+    script:
+        "../../scripts/atac_tiles.py"
+
+
+rule atac_summits:
+    input:
+        unpack(get_atac_genome),
+        fragments="results/atac/{dataset}/fragments.tsv.gz",
+        barcodes="results/atac/{dataset}/barcodes.tsv",
+    output:
+        summits="results/atac/{dataset}/summits.bed",
+    log:
+        "logs/atac_summits/{dataset}.log",
+    conda:
+        "../../envs/atac.yaml"
+    params:
+        qc=atac_qc_params,
+    script:
+        "../../scripts/atac_summits.py"
+
+
+rule atac_peakset:
+    input:
+        summits=get_peakset_summits,
+        chrom_sizes="resources/reference/{genome}/genome/chrom.sizes",
+        genes="resources/reference/{genome}/genome/genes.tsv",
+    output:
+        bed="results/atac/peaks/{genome}.bed",
+    log:
+        "logs/atac_peakset/{genome}.log",
+    conda:
+        "../../envs/atac.yaml"
+    params:
+        width=config["qc"]["atac"]["peak_width"],
+    script:
+        "../../scripts/atac_peakset.py"
+
+
+rule atac_peak_matrix:
+    input:
+        fragments="results/atac/{dataset}/fragments.tsv.gz",
+        barcodes="results/atac/{dataset}/barcodes.tsv",
+        peaks=get_dataset_peakset,
+    output:
+        h5ad="results/atac/{dataset}.peaks.h5ad",
+    log:
+        "logs/atac_peak_matrix/{dataset}.log",
+    conda:
+        "../../envs/atac.yaml"
+    params:
+        qc=atac_qc_params,
+        compression=config["io"]["compression"],
+    script:
+        "../../scripts/atac_peak_matrix.py"
+
+
+rule atac_activity:
+    input:
+        unpack(get_atac_genome),
+        fragments="results/atac/{dataset}/fragments.tsv.gz",
+        barcodes="results/atac/{dataset}/barcodes.tsv",
+    output:
+        h5ad="results/atac/{dataset}.genes.h5ad",
+    log:
+        "logs/atac_activity/{dataset}.log",
+    conda:
+        "../../envs/atac.yaml"
+    params:
+        qc=atac_qc_params,
+        compression=config["io"]["compression"],
+    script:
+        "../../scripts/atac_activity.py"
+
+
+rule atac_features:
+    input:
+        matrix=get_atac_features,
+        barcodes="results/atac/{dataset}/barcodes.tsv",
+    output:
+        h5ad="results/qc/{dataset}.h5ad",
+    log:
+        "logs/atac_features/{dataset}.log",
+    wildcard_constraints:
+        dataset=ATAC_RE,
+    conda:
+        "../../envs/atac.yaml"
+    params:
+        cfg=dataset_cfg,
+        compression=config["io"]["compression"],
+    script:
+        "../../scripts/atac_features.py"
