@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import _simcorpus
 import anndata as ad
-import numpy as np
 import torch
 
 from scfm.models import ModelConfig, build_model, build_objectives
@@ -19,15 +19,8 @@ RANK = {"kind": "rank", "max_len": 24, "genes": "nonzero", "target_sum": 1e4}
 
 
 def simulated(n_cells: int = N_CELLS, n_genes: int = N_GENES) -> ad.AnnData:
-    from scfm.io.simulate import simulate_counts
-
-    sim = simulate_counts(n_cells=n_cells, n_genes=n_genes, seed=1)
-    sim.var_names = [f"SIMG{i:05d}" for i in range(n_genes)]
-    sim.var["n_cells"] = np.asarray((sim.X > 0).sum(axis=0)).ravel()
-    sim.obs["dataset"] = "a"
-    sim.obs_names = [f"a-{i}" for i in range(n_cells)]
-    del sim.uns["simulation"]
-    return sim
+    """The simulated dataset of the embed tests (see tests/_simcorpus.py)."""
+    return _simcorpus.simulated(n_cells, n_genes)
 
 
 def export_fresh(

@@ -16,10 +16,10 @@ import anndata as ad
 import pytest
 import torch
 from _models import BINNED, export_fresh, simulated
+from _simcorpus import one_dataset_corpus
 
-from scfm.shard import merge_manifests, shard_dataset
 from scfm.shard.stats import gene_stats
-from scfm.tokenize import Vocab, build_vocab, write_vocab
+from scfm.tokenize import Vocab
 from scfm.train import train
 
 
@@ -27,25 +27,8 @@ from scfm.train import train
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Paths: ``h5ad`` (the simulated dataset), ``vocab``, ``manifest``, ``gene_stats``."""
     root = tmp_path_factory.mktemp("corpus")
-    simulated().write_h5ad(root / "a.h5ad")
+    one_dataset_corpus(root, simulated(), BINNED, "binned")
     vocab = root / "vocab.tsv"
-    write_vocab(build_vocab({"a": root / "a.h5ad"}, min_cells=1, n_condition_tokens=2), vocab)
-    shard_dataset(
-        root / "a.h5ad",
-        root / "shards" / "a",
-        dataset="a",
-        vocab_path=vocab,
-        tokenizer=BINNED,
-        split={"by": "cell", "val": 0.125, "test": 0.0, "seed": 0},
-        cells_per_shard=64,
-    )
-    merge_manifests(
-        {"a": root / "shards" / "a" / "manifest.json"},
-        root / "manifest.json",
-        corpus="c",
-        tokenizer="binned",
-        vocab_path=vocab,
-    )
     gene_stats({"a": root / "a.h5ad"}, Vocab.read(vocab), root / "gene_stats.tsv")
     return {
         "h5ad": root / "a.h5ad",

@@ -17,15 +17,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
+from _simcorpus import one_dataset_corpus, simulated
 
 from scfm.config import validate_config
 from scfm.errors import ScfmConfigError
-from scfm.io.simulate import simulate_counts
-from scfm.shard import merge_manifests, shard_dataset
-from scfm.tokenize import build_vocab, write_vocab
 from scfm.train import (
     CheckpointManager,
     RunConfig,
@@ -43,39 +40,13 @@ MODEL = {"preset": "tiny", "d_model": 32, "n_heads": 2, "n_layers": 1}
 
 def make_corpus(root: Path, *, n_cells: int = 256, n_genes: int = 60) -> Path:
     """Simulated dataset -> vocab -> shards -> corpus manifest; returns the manifest path."""
-    root.mkdir(parents=True, exist_ok=True)
-    sim = simulate_counts(n_cells=n_cells, n_genes=n_genes, seed=1)
-    sim.var_names = [f"SIMG{i:05d}" for i in range(n_genes)]
-    sim.var["n_cells"] = np.asarray((sim.X > 0).sum(axis=0)).ravel()
-    sim.obs["dataset"] = "a"
-    sim.obs_names = [f"a-{i}" for i in range(n_cells)]
-    del sim.uns["simulation"]
-    sim.write_h5ad(root / "a.h5ad")
-    vocab = root / "vocab.tsv"
-    write_vocab(build_vocab({"a": root / "a.h5ad"}, min_cells=1, n_condition_tokens=2), vocab)
     tok = validate_config(
         {
             "datasets": {"a": {"source": "demo", "demo": "simulated"}},
             "tokenizers": {"t": {"kind": "binned", "n_bins": 7, "max_len": 24}},
         }
     )["tokenizers"]["t"]
-    shard_dataset(
-        root / "a.h5ad",
-        root / "shards" / "a",
-        dataset="a",
-        vocab_path=vocab,
-        tokenizer=tok,
-        split={"by": "cell", "val": 0.125, "test": 0.0, "seed": 0},
-        cells_per_shard=64,
-    )
-    merge_manifests(
-        {"a": root / "shards" / "a" / "manifest.json"},
-        root / "manifest.json",
-        corpus="c",
-        tokenizer="t",
-        vocab_path=vocab,
-    )
-    return root / "manifest.json"
+    return one_dataset_corpus(root, simulated(n_cells, n_genes), tok, "t")
 
 
 @pytest.fixture(scope="module")
