@@ -7,6 +7,8 @@ a tiny training run and the benchmark rules next to the LSI baseline.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -14,6 +16,7 @@ import pytest
 from test_workflow import copy_workflow, snakemake
 
 pytestmark = [pytest.mark.slow, pytest.mark.shared_data]
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 def _config(shared) -> dict:
@@ -87,8 +90,6 @@ def _config(shared) -> dict:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from conftest import SHARED_DATA
-
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} not present (only CI and developer machines have ../shared)")
     d = copy_workflow(tmp_path_factory.mktemp("atac"), _config(SHARED_DATA))
