@@ -5,7 +5,8 @@
 - ``hvg``: the log-normalised highly variable genes themselves (no model at all).
 - ``scvi``: scVI (Lopez et al. 2018, scvi-tools) on the HVG counts with the batch as covariate:
   a small VAE that corrects batches, the baseline integration method.
-- ``random``: seeded Gaussian noise, the negative control every metric must rank last.
+- ``random``: seeded Gaussian noise, the negative control (batch-mixing metrics reward it;
+  scGraph and annotation rank it last).
 - ``lsi``: TF-IDF + truncated SVD, the scATAC baseline (works on any counts).
 """
 
