@@ -150,6 +150,16 @@ def machine_info(packages: Iterable[str] = BASE_PACKAGES) -> dict[str, Any]:
     }
 
 
+def print_machine(m: Mapping[str, Any]) -> None:
+    """The machine (from :func:`machine_info`) and package versions, two lines."""
+    print(
+        f"machine: {m['nproc']} cores ({m['cpu']}), {m['mem_total_gib']} GiB RAM "
+        f"({m['mem_available_gib']} GiB available), Python {m['python']}, commit {m['commit']}, "
+        f"{m['date']}"
+    )
+    print(versions_line(m["versions"]))
+
+
 def versions_line(versions: Mapping[str, str]) -> str:
     """``versions: a 1.0, b 2.0``."""
     return "versions: " + ", ".join(f"{k} {v}" for k, v in versions.items())
@@ -301,6 +311,13 @@ def run_step(
 # --------------------------------------------------------------------------------------------
 # Report helpers
 # --------------------------------------------------------------------------------------------
+
+
+def save_report(report: Mapping[str, Any], stem: Path, markdown: str) -> None:
+    """Write ``<stem>.json`` (the whole report) and ``<stem>.md`` (its tables); say where."""
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str))
+    stem.with_suffix(".md").write_text(markdown.rstrip("\n") + "\n")
+    print(f"\nresults: {stem}.json / .md")
 
 
 def md_row(cells: Iterable[Any]) -> str:

@@ -934,11 +934,7 @@ def print_report(report: dict[str, Any]) -> None:
     for name, meta in report["inputs"].items():
         gen = "" if meta.get("cached") else f", generated in {meta['seconds_generate']:.0f} s"
         print(f"input {name}: {meta['path']}, {gib(meta['size']):.2f} GiB{gen}")
-    print(
-        f"machine: {m['nproc']} cores ({m['cpu']}), {m['mem_total_gib']} GiB RAM, Python "
-        f"{m['python']}, commit {m['commit']}, {m['date']}"
-    )
-    print(_harness.versions_line(m["versions"]))
+    _harness.print_machine(m)
     if report["why_no_peer"]:
         print(f"SnapATAC2 skipped: {report['why_no_peer']}")
     print()
@@ -1008,10 +1004,7 @@ def main(argv: list[str] | None = None) -> None:
     report["total_seconds"] = time.perf_counter() - t0
     print_report(report)
     print(f"total {report['total_seconds'] / 60:.1f} min")
-    out = args.out.resolve() / f"results_atac{args.tag}.json"
-    out.write_text(json.dumps(report, indent=2, default=str))
-    out.with_suffix(".md").write_text(markdown(report))
-    print(f"results: {out} (+ .md)")
+    _harness.save_report(report, args.out.resolve() / f"results_atac{args.tag}", markdown(report))
 
 
 if __name__ == "__main__":

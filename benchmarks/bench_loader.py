@@ -558,9 +558,7 @@ def main(argv: list[str] | None = None) -> None:
     print_report(report)
     stem = args.out.resolve() / f"results_loader_{args.n_cells}c{args.tag}"
     report["date"] = datetime.now(UTC).isoformat(timespec="seconds")
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str))
-    stem.with_suffix(".md").write_text(markdown_table(report) + "\n")
-    print(f"\nresults: {stem}.json / .md")
+    _harness.save_report(report, stem, markdown_table(report))
 
 
 if __name__ == "__main__":

@@ -830,11 +830,7 @@ def print_report(report: dict[str, Any]) -> None:
     """Machine, tables, ratios."""
     m = report["machine"]
     print()
-    print(
-        f"machine: {m['nproc']} cores, {m['mem_total_gib']} GiB RAM "
-        f"({m['mem_available_gib']} GiB available), Python {m['python']}, commit {m['commit']}"
-    )
-    print(_harness.versions_line(m["versions"]))
+    _harness.print_machine(m)
     print(
         f"load average at start {report['loadavg_start']}, end {report['loadavg_end']}; "
         f"benchmark wall {report['wall_seconds'] / 60:.1f} min"
@@ -887,10 +883,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     report = run_all(args)
     print_report(report)
-    out = args.out.resolve() / f"results_metrics{args.tag}.json"
-    out.write_text(json.dumps(report, indent=2, default=str))
-    out.with_suffix(".md").write_text(markdown(report))
-    print(f"\nresults: {out} (+ .md)")
+    _harness.save_report(
+        report, args.out.resolve() / f"results_metrics{args.tag}", markdown(report)
+    )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 import time
 from pathlib import Path
@@ -401,11 +400,7 @@ def print_report(report: dict[str, Any]) -> None:
         f"{gen['nnz']:,} nonzeros, {gib(gen['size']):.2f} GiB on disk"
         + ("" if gen["cached"] else f", generated in {gen['seconds']:.1f} s")
     )
-    print(
-        f"machine: {m['nproc']} cores, {m['mem_total_gib']} GiB RAM "
-        f"({m['mem_available_gib']} GiB available), Python {m['python']}, commit {m['commit']}"
-    )
-    print(_harness.versions_line(m["versions"]))
+    _harness.print_machine(m)
     print()
     print(markdown_table(report))
     for line in ratios(report):
@@ -448,10 +443,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     report = run_all(args)
     print_report(report)
-    out = args.out.resolve() / f"results_standardize_qc_{args.n_cells}c{args.tag}.json"
-    out.write_text(json.dumps(report, indent=2, default=str))
-    out.with_suffix(".md").write_text(markdown_table(report) + "\n" + "\n".join(ratios(report)))
-    print(f"\nresults: {out} (+ .md)")
+    _harness.save_report(
+        report,
+        args.out.resolve() / f"results_standardize_qc_{args.n_cells}c{args.tag}",
+        markdown_table(report) + "\n" + "\n".join(ratios(report)),
+    )
 
 
 if __name__ == "__main__":

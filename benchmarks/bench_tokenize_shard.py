@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -870,11 +869,7 @@ def print_report(report: dict[str, Any]) -> None:
         extra = f", {meta['nnz']:,} nonzeros" if "nnz" in meta else ""
         gen = "" if meta["cached"] else f", generated in {meta['seconds']:.1f} s"
         print(f"input {name}: {gib(meta['size']):.2f} GiB{extra}{gen}")
-    print(
-        f"machine: {m['nproc']} cores ({m['cpu']}), {m['mem_total_gib']} GiB RAM, Python "
-        f"{m['python']}, commit {m['commit']}, {m['date']}"
-    )
-    print(_harness.versions_line(m["versions"]))
+    _harness.print_machine(m)
     print("\n" + tokenize_table(report))
     print(steps_table(report))
     for line in goals(report):
@@ -951,12 +946,11 @@ def main(argv: list[str] | None = None) -> None:
         f"\ntotal {report['total_seconds'] / 60:.1f} min; 1-min load average "
         f"{report['loadavg_1min']} (other processes on the machine disturb the figures)"
     )
-    out = args.out.resolve() / f"results_tokenize_shard{args.tag}.json"
-    out.write_text(json.dumps(report, indent=2, default=str))
-    out.with_suffix(".md").write_text(
-        tokenize_table(report) + "\n" + steps_table(report) + "\n" + "\n".join(goals(report))
+    _harness.save_report(
+        report,
+        args.out.resolve() / f"results_tokenize_shard{args.tag}",
+        tokenize_table(report) + "\n" + steps_table(report) + "\n" + "\n".join(goals(report)),
     )
-    print(f"results: {out} (+ .md)")
 
 
 if __name__ == "__main__":

@@ -46,7 +46,6 @@ Quick check (~4 min)::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -709,11 +708,11 @@ def main(argv: list[str] | None = None) -> None:
     print_report(report)
     stem = args.out.resolve() / f"results_train{args.tag}"
     report["date"] = datetime.now(UTC).isoformat(timespec="seconds")
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str))
-    stem.with_suffix(".md").write_text(
-        step_table(report) + "\n\n" + train_table(report) + "\n\n" + flops_md(report) + "\n"
+    _harness.save_report(
+        report,
+        stem,
+        step_table(report) + "\n\n" + train_table(report) + "\n\n" + flops_md(report),
     )
-    print(f"\nresults: {stem}.json / .md")
 
 
 if __name__ == "__main__":
