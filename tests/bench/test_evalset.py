@@ -44,6 +44,8 @@ def test_prepare_writes_counts_keys_and_hvgs(tmp_path):
     assert set(got.obs["scfm_batch"]) == {"b0", "b1", "b2"}
     assert got.uns["scfm_bench"]["split_key"] == "donor"
     np.testing.assert_array_equal(got.X.toarray(), _counts().X.toarray())  # still raw counts
+    light = read_evalset(out, counts=False)  # what the metric jobs read: no matrix
+    assert light.X is None and light.obs.equals(got.obs) and light.var_names.equals(got.var_names)
 
 
 def test_subset_is_seeded_and_drops_unlabelled_cells(tmp_path):

@@ -13,9 +13,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import anndata as ad
+import h5py
 import numpy as np
 import pandas as pd
 import scanpy as sc
@@ -178,9 +178,21 @@ def log_normalized(adata: ad.AnnData, *, genes: np.ndarray | None = None) -> sp.
     return X[:, genes] if genes is not None else X
 
 
-def read_evalset(path: str | Path) -> ad.AnnData:
-    """Read an evaluation set written by :func:`prepare_evalset`."""
-    adata = ad.read_h5ad(path)
+def read_evalset(path: str | Path, *, counts: bool = True) -> ad.AnnData:
+    """Read an evaluation set written by :func:`prepare_evalset`.
+
+    With ``counts=False`` only ``obs``, ``var`` and ``uns`` are read (the metric jobs need the
+    labels and batches, not the matrix).
+    """
+    if counts:
+        adata = ad.read_h5ad(path)
+    else:
+        with h5py.File(path, "r") as f:
+            adata = ad.AnnData(
+                obs=ad.io.read_elem(f["obs"]),
+                var=ad.io.read_elem(f["var"]),
+                uns=ad.io.read_elem(f["uns"]),
+            )
     missing = [c for c in ("scfm_label", "scfm_batch", "scfm_split") if c not in adata.obs]
     if missing or "scfm_bench" not in adata.uns:
         raise ScfmInputError(
@@ -190,8 +202,3 @@ def read_evalset(path: str | Path) -> ad.AnnData:
             "a file written by the bench_data rule (scfm.bench.prepare_evalset)",
         )
     return adata
-
-
-def bench_meta(adata: ad.AnnData) -> dict[str, Any]:
-    """The evaluation set's settings (keys, subset, seed) recorded by :func:`prepare_evalset`."""
-    return dict(adata.uns["scfm_bench"])

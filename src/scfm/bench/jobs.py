@@ -25,7 +25,7 @@ log = logging.getLogger("scfm.bench")
 
 
 def _load(evalset: str | Path, embedding: str | Path) -> tuple[ad.AnnData, np.ndarray]:
-    adata = read_evalset(evalset)
+    adata = read_evalset(evalset, counts=False)
     return adata, read_embedding(embedding, obs_names=adata.obs_names)
 
 
