@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import IO
 
 import h5py
 import numpy as np
@@ -173,6 +174,22 @@ class TenxH5Counts:
                 f"not a 10x HDF5 matrix ({exc})",
                 "a Cell Ranger v3 .h5 with matrix/{data,indices,indptr,barcodes,features}",
             ) from exc
+        n_cells = len(self._indptr) - 1
+        if len(self.obs_names) != n_cells:
+            raise ScfmInputError(
+                self.path,
+                "matrix/barcodes",
+                f"{len(self.obs_names)} barcodes but matrix/indptr has {n_cells} cells",
+                "one barcode per cell (matrix/indptr has n_cells + 1 entries)",
+            )
+        if int(self._indptr[-1]) != len(self._data) or len(self._data) != len(self._indices):
+            raise ScfmInputError(
+                self.path,
+                "matrix/indptr",
+                f"ends at {int(self._indptr[-1])} but matrix/data has {len(self._data)} and "
+                f"matrix/indices {len(self._indices)} entries",
+                "indptr[-1] == len(data) == len(indices) (a complete file)",
+            )
         keep = np.ones(len(ids), bool) if ftype is None else ftype == "Gene Expression"
         self._keep = np.flatnonzero(keep)
         self.var = pd.DataFrame({"gene_symbol_10x": names[keep]}, index=pd.Index(ids[keep]))
@@ -222,6 +239,7 @@ class MtxCounts:
         path = Path(path)
         self.path = path
         directory = path if path.is_dir() else path.parent
+        _check_mtx_files(directory)
         try:
             adata = sc.read_10x_mtx(directory, var_names="gene_ids", gex_only=True)
         except (OSError, ValueError, IndexError) as exc:
@@ -249,6 +267,69 @@ class MtxCounts:
 
     def close(self) -> None:
         """Nothing to close."""
+
+
+def _mtx_file(directory: Path, *names: str) -> Path | None:
+    for name in names:
+        for candidate in (directory / name, directory / f"{name}.gz"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _open_maybe_gz(path: Path) -> IO[str]:
+    import gzip
+
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
+    return path.open(encoding="utf-8", errors="replace")
+
+
+def _check_mtx_files(directory: Path) -> None:
+    """Header of matrix.mtx and line counts of features/barcodes, each error naming its file.
+
+    Matrix Market stores genes x cells: one features line per row, one barcode per column.
+    """
+    mtx = _mtx_file(directory, "matrix.mtx")
+    if mtx is None:
+        return  # scanpy's own error names the missing file
+    with _open_maybe_gz(mtx) as fh:
+        header = fh.readline().strip()
+        line = header
+        while line.startswith("%"):
+            line = fh.readline().strip()
+    parts = header.lower().split()
+    if parts[:3] != ["%%matrixmarket", "matrix", "coordinate"] or (
+        len(parts) > 3 and parts[3] not in ("integer", "real")
+    ):
+        raise ScfmInputError(
+            mtx,
+            "header",
+            f"{header[:80]!r}",
+            "'%%MatrixMarket matrix coordinate integer general' (sparse counts)",
+        )
+    try:
+        n_rows, n_cols, _ = (int(v) for v in line.split())
+    except ValueError:
+        raise ScfmInputError(
+            mtx, "size line", f"{line[:80]!r}", "'<rows> <columns> <entries>' after the header"
+        ) from None
+    for names, n, what in (
+        (("features.tsv", "genes.tsv"), n_rows, "rows (genes)"),
+        (("barcodes.tsv",), n_cols, "columns (cells)"),
+    ):
+        table = _mtx_file(directory, *names)
+        if table is None:
+            continue
+        with _open_maybe_gz(table) as fh:
+            n_lines = sum(1 for row in fh if row.strip())
+        if n_lines != n:
+            raise ScfmInputError(
+                table,
+                "lines",
+                f"{n_lines} lines but {mtx.name} has {n} {what}",
+                f"one line per matrix {what.split()[0][:-1]}",
+            )
 
 
 def open_counts(
