@@ -592,7 +592,8 @@ CASES: list[Case] = [
          r"expected one of: a$"),
     Case("config-not-yaml", "config", "a tab where YAML needs spaces",
          raw_config_case("datasets:\n  a: {source: demo\n\tdemo: simulated\n"), C,
-         r"(?s)not valid YAML: .*found character '\\t' that cannot start any token", "line 3",
+         r"(?s)not valid YAML: .*found character '\\t' that cannot start any token",
+         "line 3, column 1",
          r"cannot start any token"),
     # ---- h5ad: rules download (source local) + standardize
     Case("h5ad-float-counts", "h5ad", "X holds 2.5 (normalised values), no raw.X",
