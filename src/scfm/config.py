@@ -94,7 +94,7 @@ def _describe(error: jsonschema.ValidationError) -> Iterator[str]:
         if "pattern" in error.schema:
             yield (
                 f"{where}: invalid name {error.instance!r}; expected letters, digits, '_', '.' "
-                "or '-' only (the name becomes a file path and a wildcard)"
+                "or '-' only, and not '.' or '..' (the name becomes a file path and a wildcard)"
             )
         else:
             yield f"{where}: invalid key {error.instance!r}; expected one of: " + ", ".join(

@@ -6,10 +6,12 @@ import logging
 import sys
 from pathlib import Path
 
+from scfm.redact import redact_url
+
 
 def setup_logging(logfile: str | Path | None = None, *, level: int = logging.INFO) -> None:
     """Send ``scfm`` log records (and warnings) to ``logfile`` and stderr."""
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
+    fmt = _Redacting("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if logfile:
         Path(logfile).parent.mkdir(parents=True, exist_ok=True)
@@ -21,6 +23,13 @@ def setup_logging(logfile: str | Path | None = None, *, level: int = logging.INF
     root.setLevel(level)
     logging.captureWarnings(True)
     sys.excepthook = _log_uncaught
+
+
+class _Redacting(logging.Formatter):
+    """Formats as usual, then masks URL credentials (user:token@, secret query values)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_url(super().format(record))
 
 
 def _log_uncaught(exc_type, exc, tb) -> None:

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from scfm.atomic import atomic_path
 from scfm.errors import ScfmDownloadError
+from scfm.redact import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,13 @@ def download(
             digests = _fetch(url, tmp, timeout=timeout)
             got_size = tmp.stat().st_size
             _verify(url, got_size, digests, sha256=sha256, md5=md5, size=size)
-        log.info("downloaded %s -> %s (%d bytes)", url, dest, got_size)
-        return {"url": url, "path": str(dest), "size": got_size, "sha256": digests["sha256"]}
+        log.info("downloaded %s -> %s (%d bytes)", redact_url(url), dest, got_size)
+        return {
+            "url": redact_url(url),
+            "path": str(dest),
+            "size": got_size,
+            "sha256": digests["sha256"],
+        }
 
     return _retrying(url, attempt, retries=retries, backoff=backoff)
 
@@ -111,9 +117,15 @@ def _retrying(url: str, attempt: Callable[[], Any], *, retries: int, backoff: fl
             last = exc
             if n < retries:
                 wait = backoff * 2 ** (n - 1)
-                log.warning("%s: %s (try %d of %d); retry in %.1fs", url, exc, n, retries, wait)
+                log.warning(
+                    "%s (try %d of %d); retry in %.1fs",
+                    redact_url(f"{url}: {exc}"),
+                    n,
+                    retries,
+                    wait,
+                )
                 time.sleep(wait)
-    raise ScfmDownloadError(f"{url}: giving up after {retries} attempt(s): {last}")
+    raise ScfmDownloadError(redact_url(f"{url}: giving up after {retries} attempt(s): {last}"))
 
 
 def _verify(
@@ -126,11 +138,14 @@ def _verify(
     size: int | None,
 ) -> None:
     if size is not None and got_size != size:
-        raise ScfmDownloadError(f"{url}: size mismatch: got {got_size} bytes; expected {size}")
+        raise ScfmDownloadError(
+            f"{redact_url(url)}: size mismatch: got {got_size} bytes; expected {size}"
+        )
     for name, expected in (("sha256", sha256), ("md5", md5)):
         if expected and digests[name] != expected.lower():
             raise ScfmDownloadError(
-                f"{url}: {name} mismatch: got {digests[name]}; expected {expected.lower()} "
+                f"{redact_url(url)}: {name} mismatch: got {digests[name]}; "
+                f"expected {expected.lower()} "
                 "(the file changed upstream, or the configured checksum is wrong)"
             )
 
@@ -141,7 +156,7 @@ def _fetch(url: str, out: Path, *, timeout: float) -> dict[str, str]:
     if parsed.scheme == "file":
         src = Path(unquote(parsed.path))
         if not src.is_file():
-            raise ScfmDownloadError(f"{url}: no such file")
+            raise ScfmDownloadError(f"{redact_url(url)}: no such file")
         with src.open("rb") as fin, out.open("wb") as fout:
             while block := fin.read(CHUNK):
                 fout.write(block)
@@ -150,7 +165,7 @@ def _fetch(url: str, out: Path, *, timeout: float) -> dict[str, str]:
         return {k: h.hexdigest() for k, h in hashes.items()}
     if parsed.scheme not in ("http", "https"):
         raise ScfmDownloadError(
-            f"{url}: unsupported URL scheme {parsed.scheme!r}; expected http(s) or file"
+            f"{redact_url(url)}: unsupported URL scheme {parsed.scheme!r}; expected http(s) or file"
         )
     try:
         resp = requests.get(url, stream=True, timeout=timeout, headers={"User-Agent": USER_AGENT})
@@ -192,7 +207,7 @@ def _fetch(url: str, out: Path, *, timeout: float) -> dict[str, str]:
 def _raise_for_status(url: str, resp: requests.Response) -> None:
     if resp.status_code < 400:
         return
-    msg = f"{url}: HTTP {resp.status_code} {resp.reason}"
+    msg = f"{redact_url(url)}: HTTP {resp.status_code} {resp.reason}"
     if resp.status_code >= 500 or resp.status_code == 429:
         raise _Transient(msg)
     raise ScfmDownloadError(msg)
@@ -205,7 +220,7 @@ def fetch_json(url: str, *, retries: int = 3, timeout: float = 60, backoff: floa
         try:
             return json.loads(Path(unquote(parsed.path)).read_text())
         except (OSError, ValueError) as exc:
-            raise ScfmDownloadError(f"{url}: cannot read JSON: {exc}") from exc
+            raise ScfmDownloadError(f"{redact_url(url)}: cannot read JSON: {exc}") from exc
 
     def attempt() -> Any:
         resp = requests.get(url, timeout=timeout, headers={"User-Agent": USER_AGENT})
@@ -213,6 +228,6 @@ def fetch_json(url: str, *, retries: int = 3, timeout: float = 60, backoff: floa
         try:
             return resp.json()
         except ValueError as exc:
-            raise ScfmDownloadError(f"{url}: response is not JSON: {exc}") from exc
+            raise ScfmDownloadError(f"{redact_url(url)}: response is not JSON: {exc}") from exc
 
     return _retrying(url, attempt, retries=retries, backoff=backoff)

@@ -29,6 +29,7 @@ from scfm.io.formats import open_counts
 from scfm.io.genes import map_genes, read_gene_table
 from scfm.io.h5ad import CsrH5adWriter
 from scfm.io.sources import read_manifest
+from scfm.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +247,7 @@ def standardize(
                 **{p: version(p) for p in ("anndata", "numpy", "scipy", "h5py")},
             },
         }
+        prov = redact(prov)  # no URL credentials in the provenance
         uns = {"scfm": {"standardize": json.dumps(prov, default=str)}}
         _stream(
             readers,

@@ -139,8 +139,21 @@ def export_model(
 
 
 def load_model_file(path: str | Path) -> dict[str, Any]:
-    """Read a ``model.pt`` written by :func:`export_model` (``weights_only=True``)."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    """Read a ``model.pt`` written by :func:`export_model` (``weights_only=True``).
+
+    A file that needs more than tensors and plain containers (a pickled object, which could
+    run code when unpickled) raises ``ValueError``; nothing in it is executed.
+    """
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except Exception as e:  # unpickling errors come in many types
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        what = type(e).__name__ + (f": a pickled {found.group(1)}" if found else "")
+        raise ValueError(
+            f"{path}: not loadable with torch.load(weights_only=True) ({what})"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
         raise ValueError(f"{path}: not an {MODEL_FORMAT} file")
     return payload

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from scfm.atomic import write_text_atomic
+from scfm.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,8 @@ def fetch_dataset(
         "source_info": {},
         **result,
     }
+    # URLs may carry credentials (user:token@, signed query strings): never written down
+    manifest = redact(manifest)
     write_text_atomic(outdir / "manifest.json", json.dumps(manifest, indent=2, default=str))
     return manifest
 
