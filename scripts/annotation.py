@@ -4,6 +4,7 @@ import _scfm_path  # noqa: F401 - makes this checkout's src/ importable in any e
 
 from scfm.bench.jobs import annotation_job
 from scfm.logs import setup_logging
+from scfm.registry import register_outputs
 
 setup_logging(snakemake.log[0])
 bench = snakemake.params.bench
@@ -15,3 +16,4 @@ annotation_job(
     seed=bench["seed"],
     **bench["annotation"],
 )
+register_outputs(snakemake, kind="benchmark")  # no-op unless registry.enabled

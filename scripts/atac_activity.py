@@ -5,6 +5,7 @@ import _scfm_path  # noqa: F401 - makes this checkout's src/ importable in any e
 from scfm.atac.activity import gene_activity
 from scfm.atac.pipeline import genome_from_files, kept_barcodes
 from scfm.logs import setup_logging
+from scfm.registry import register_outputs
 
 setup_logging(snakemake.log[0])
 gene_activity(
@@ -15,3 +16,4 @@ gene_activity(
     upstream=snakemake.params.qc["promoter_upstream"],
     counting=snakemake.params.qc["counting"],
 )
+register_outputs(snakemake, kind="qc")  # no-op unless registry.enabled

@@ -4,6 +4,7 @@ import _scfm_path  # noqa: F401 - makes this checkout's src/ importable in any e
 
 from scfm.atac.pipeline import features
 from scfm.logs import setup_logging
+from scfm.registry import register_outputs
 
 setup_logging(snakemake.log[0])
 features(
@@ -13,3 +14,4 @@ features(
     dataset=snakemake.wildcards.dataset,
     kind=snakemake.params.cfg["features"],
 )
+register_outputs(snakemake, kind="qc")  # no-op unless registry.enabled

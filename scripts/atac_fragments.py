@@ -4,6 +4,7 @@ import _scfm_path  # noqa: F401 - makes this checkout's src/ importable in any e
 
 from scfm.atac.pipeline import fragments
 from scfm.logs import setup_logging
+from scfm.registry import register_outputs
 
 setup_logging(snakemake.log[0])
 fragments(
@@ -13,3 +14,4 @@ fragments(
     snakemake.output.fragments,
     cfg=snakemake.params.cfg,
 )
+register_outputs(snakemake, kind="standard")  # no-op unless registry.enabled

@@ -5,6 +5,7 @@ import _scfm_path  # noqa: F401 - makes this checkout's src/ importable in any e
 from scfm.atac.peaks import peak_matrix
 from scfm.atac.pipeline import kept_barcodes
 from scfm.logs import setup_logging
+from scfm.registry import register_outputs
 
 setup_logging(snakemake.log[0])
 peak_matrix(
@@ -14,3 +15,4 @@ peak_matrix(
     snakemake.output.h5ad,
     counting=snakemake.params.qc["counting"],
 )
+register_outputs(snakemake, kind="qc")  # no-op unless registry.enabled

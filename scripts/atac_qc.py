@@ -4,6 +4,7 @@ import _scfm_path  # noqa: F401 - makes this checkout's src/ importable in any e
 
 from scfm.atac.pipeline import barcode_qc
 from scfm.logs import setup_logging
+from scfm.registry import register_outputs
 
 setup_logging(snakemake.log[0])
 barcode_qc(
@@ -18,3 +19,4 @@ barcode_qc(
     cfg=snakemake.params.cfg,
     qc=snakemake.params.qc,
 )
+register_outputs(snakemake, kind="qc")  # no-op unless registry.enabled

@@ -5,6 +5,7 @@ import _scfm_path  # noqa: F401 - makes this checkout's src/ importable in any e
 from scfm.atac.pipeline import genome_from_files, kept_barcodes
 from scfm.atac.tiles import tile_matrix
 from scfm.logs import setup_logging
+from scfm.registry import register_outputs
 
 setup_logging(snakemake.log[0])
 qc = snakemake.params.qc
@@ -18,3 +19,4 @@ tile_matrix(
     binarize=qc["binarize"],
     compression=snakemake.params.compression,
 )
+register_outputs(snakemake, kind="qc")  # no-op unless registry.enabled

@@ -14,5 +14,4 @@ summary_job(
     snakemake.output.png,
     evalset=snakemake.wildcards.evalset,
 )
-# lineage: the embeddings behind the metric tables (no-op unless registry.enabled)
-register_outputs(snakemake, kind="benchmark", lineage=snakemake.params.lineage)
+register_outputs(snakemake, kind="benchmark")  # no-op unless registry.enabled

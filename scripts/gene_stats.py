@@ -3,6 +3,7 @@
 import _scfm_path  # noqa: F401 - makes this checkout's src/ importable in any env
 
 from scfm.logs import setup_logging
+from scfm.registry import register_outputs
 from scfm.shard import gene_stats
 from scfm.tokenize import Vocab
 
@@ -15,3 +16,4 @@ gene_stats(
     filters=snakemake.params.filters,
     chunk_cells=snakemake.params.chunk_cells,
 )
+register_outputs(snakemake, kind="vocab")  # no-op unless registry.enabled

@@ -4,6 +4,7 @@ import _scfm_path  # noqa: F401 - makes this checkout's src/ importable in any e
 
 from scfm.bench.jobs import masked_job
 from scfm.logs import setup_logging
+from scfm.registry import register_outputs
 
 setup_logging(snakemake.log[0])
 bench = snakemake.params.bench
@@ -17,3 +18,4 @@ masked_job(
     seed=bench["seed"],
     gene_stats=snakemake.input.get("gene_stats"),
 )
+register_outputs(snakemake, kind="benchmark")  # no-op unless registry.enabled

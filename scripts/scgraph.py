@@ -4,6 +4,7 @@ import _scfm_path  # noqa: F401 - makes this checkout's src/ importable in any e
 
 from scfm.bench.jobs import scgraph_job
 from scfm.logs import setup_logging
+from scfm.registry import register_outputs
 
 setup_logging(snakemake.log[0])
 scgraph_job(
@@ -15,3 +16,4 @@ scgraph_job(
     method=snakemake.wildcards.method,
     trim_rate=snakemake.params.bench["scgraph"]["trim_rate"],
 )
+register_outputs(snakemake, kind="benchmark")  # no-op unless registry.enabled

@@ -4,6 +4,7 @@ import _scfm_path  # noqa: F401 - makes this checkout's src/ importable in any e
 
 from scfm.bench.jobs import scib_job
 from scfm.logs import setup_logging
+from scfm.registry import register_outputs
 
 setup_logging(snakemake.log[0])
 scib_job(
@@ -16,3 +17,4 @@ scib_job(
     leiden=snakemake.params.bench["scib"]["leiden"],
     threads=snakemake.threads,
 )
+register_outputs(snakemake, kind="benchmark")  # no-op unless registry.enabled

@@ -109,7 +109,7 @@ def test_dataset_qc_override_has_no_defaults():
             },
             "datasets.a: 'matrices' is a required property",
         ),
-        ({"datasets": {}}, "datasets: {} should be non-empty"),
+        ({"datasets": {}}, "datasets: no datasets; expected at least one"),
         (
             {"datasets": {"a": {**DEMO, "genes": {"id_type": "symbol"}}}},
             "references.human.genes to be set",

@@ -9,6 +9,7 @@ import yaml
 
 from scfm import __version__
 from scfm.errors import ScfmConfigError, ScfmInputError
+from scfm.registry._collect import KINDS
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -116,7 +117,7 @@ def _add_registry_parser(sub: argparse._SubParsersAction) -> None:
     ls = actions.add_parser("list", help="latest version of every registered file and corpus")
     ls.add_argument(
         "--kind",
-        choices=["raw", "standard", "qc", "corpus", "model", "embedding", "benchmark"],
+        choices=KINDS,
         help="only records of this kind",
     )
     ls.add_argument("--limit", type=_positive_int, default=500, help="at most this many")

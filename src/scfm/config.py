@@ -68,10 +68,12 @@ def _key_path(path: Any) -> str:
 def _allowed_keys(schema: Mapping[str, Any], instance: Mapping[str, Any]) -> list[str]:
     """Keys a mapping may hold under `schema`, including the branch chosen by its `source`."""
     keys = set(schema.get("properties", {}))
-    for branch in schema.get("allOf", []):
+    for branch in [*schema.get("allOf", []), *([schema] if "if" in schema else [])]:
         cond = branch.get("if", {}).get("properties", {})
-        if all(instance.get(k) == v.get("const") for k, v in cond.items()):
-            keys |= set(branch.get("then", {}).get("properties", {}))
+        chosen = (
+            "then" if all(instance.get(k) == v.get("const") for k, v in cond.items()) else "else"
+        )
+        keys |= set(branch.get(chosen, {}).get("properties", {}))
     return sorted(keys)
 
 
@@ -153,12 +155,27 @@ def validate_config(
 
 
 def _fill_registry_sources(config: dict[str, Any]) -> None:
-    """A `lamindb` dataset reads from the top-level registry unless it names its own."""
+    """A `lamindb` dataset or corpus reads from the top-level registry unless it names its own."""
     top = config.get("registry") or {}
-    location = {k: top[k] for k in ("instance", "path", "settings_dir", "timeout") if k in top}
-    for ds in (config.get("datasets") or {}).values():
-        if isinstance(ds, dict) and ds.get("source") == "lamindb":
-            ds["registry"] = {**location, **(ds.get("registry") or {})}
+    keys = ("instance", "path", "settings_dir", "timeout", "python")
+    location = {k: top[k] for k in keys if k in top}
+    for block in [
+        *(config.get("datasets") or {}).values(),
+        *(config.get("corpora") or {}).values(),
+    ]:
+        if isinstance(block, dict) and block.get("source") == "lamindb":
+            block["registry"] = {**location, **(block.get("registry") or {})}
+
+
+def corpus_tokenizers(corpus: Mapping[str, Any], tokenizers: Mapping[str, Any]) -> list[str]:
+    """Tokenizers a corpus has shards of.
+
+    A registered corpus' collections, else the corpus' ``tokenizers`` list, else every
+    tokenizer of the config.
+    """
+    if corpus.get("source") == "lamindb":
+        return list(corpus.get("collections") or {})
+    return list(corpus.get("tokenizers") or tokenizers)
 
 
 def _leaf_errors(error: jsonschema.ValidationError) -> list[jsonschema.ValidationError]:
@@ -175,6 +192,14 @@ def _cross_references(config: Mapping[str, Any]) -> list[str]:
     problems = []
     datasets = config.get("datasets") or {}
     references = config.get("references") or {}
+    corpora = config.get("corpora") or {}
+    registered = [
+        c for c in corpora.values() if isinstance(c, dict) and c.get("source") == "lamindb"
+    ]
+    if isinstance(config.get("datasets"), dict) and not datasets and not registered:
+        problems.append(
+            "datasets: no datasets; expected at least one (or only corpora with source lamindb)"
+        )
     for name, ds in datasets.items():
         if not isinstance(ds, dict):
             continue
@@ -207,7 +232,7 @@ def _cross_references(config: Mapping[str, Any]) -> list[str]:
             if ds not in datasets:
                 problems.append(
                     f"corpora.{name}.datasets[{i}]: {ds!r} is not a dataset; expected one of: "
-                    f"{', '.join(datasets)}"
+                    f"{', '.join(datasets) or '(none defined)'}"
                 )
         for ds in corpus.get("filters") or {}:
             if ds not in (corpus.get("datasets") or []):
@@ -226,7 +251,12 @@ def _cross_references(config: Mapping[str, Any]) -> list[str]:
                     f"corpora.{name}.tokenizers[{i}]: {tok!r} is not a tokenizer; expected one of: "
                     f"{', '.join(tokenizers) or '(none defined)'}"
                 )
-    corpora = config.get("corpora") or {}
+        for tok in corpus.get("collections") or {}:
+            if tok not in tokenizers:
+                problems.append(
+                    f"corpora.{name}.collections.{tok}: {tok!r} is not a tokenizer; expected "
+                    "tokenizers.<name> with the parameters the corpus was tokenized with"
+                )
     models = config.get("models") or {}
     for name, run in (config.get("runs") or {}).items():
         if not isinstance(run, dict):
@@ -244,12 +274,13 @@ def _cross_references(config: Mapping[str, Any]) -> list[str]:
         corpus = corpora.get(run.get("corpus"), {})
         if (
             isinstance(corpus, dict)
-            and corpus.get("tokenizers")
-            and run.get("tokenizer") not in corpus["tokenizers"]
+            and run.get("tokenizer") in tokenizers
+            and run.get("tokenizer") not in corpus_tokenizers(corpus, tokenizers)
         ):
+            key = "collections" if corpus.get("source") == "lamindb" else "tokenizers"
             problems.append(
                 f"runs.{name}.tokenizer: corpus {run.get('corpus')!r} is not sharded with "
-                f"{run.get('tokenizer')!r}; add it to corpora.{run.get('corpus')}.tokenizers"
+                f"{run.get('tokenizer')!r}; add it to corpora.{run.get('corpus')}.{key}"
             )
     problems += _benchmark_references(config)
     for name, tok in tokenizers.items():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import filecmp
+import json
 import os
 import shutil
 import sqlite3
@@ -13,6 +15,7 @@ import anndata as ad
 import pytest
 import yaml
 
+from scfm.io.download import hash_file
 from scfm.registry import RegistrySettings, lineage, list_records, show
 
 pytest.importorskip("lamindb", reason="the registry tests need pip install 'scfm[registry]'")
@@ -36,7 +39,10 @@ CONFIG = {
     "datasets": {"sim_a": sim(1), "sim_b": sim(2)},
     "qc": {"rna": {"doublets": "none"}},
     "corpora": {"c": {"datasets": ["sim_a", "sim_b"], "split": {"by": "donor"}}},
-    "tokenizers": {"binned": {"kind": "binned", "max_len": 100}},
+    "tokenizers": {
+        "binned": {"kind": "binned", "max_len": 100},
+        "rank": {"kind": "rank", "max_len": 100},
+    },
     "benchmarks": {
         "s": {
             "dataset": "sim_a",
@@ -92,11 +98,12 @@ def test_lineage_from_a_benchmark_table_to_its_raw_dataset(first):
     settings = RegistrySettings.from_config({}, workdir=first)
     tree = lineage(settings, "results/bench/s/summary.tsv")
     assert {n["key"] for n in tree["inputs"]} == {
-        "results/embed/pca/s.h5ad",
-        "results/embed/hvg/s.h5ad",
+        "results/bench/s/pca/annotation.tsv",
+        "results/bench/s/hvg/annotation.tsv",
     }
     assert chain(tree) == [
         "results/bench/s/summary.tsv",
+        "results/bench/s/hvg/annotation.tsv",
         "results/embed/hvg/s.h5ad",
         "results/qc/sim_a.h5ad",
         "results/standard/sim_a.h5ad",
@@ -121,7 +128,7 @@ def test_the_corpus_is_a_collection_of_its_shards(first):
 def test_parallel_jobs_left_a_sound_instance(first):
     settings = RegistrySettings.from_config({}, workdir=first)
     kinds = {r["kind"] for r in list_records(settings)}
-    assert kinds == {"raw", "standard", "qc", "corpus", "embedding", "benchmark"}
+    assert kinds == {"raw", "standard", "qc", "vocab", "corpus", "embedding", "benchmark"}
     db = first / ".scfm-registry" / "storage" / ".lamindb" / "lamin.db"
     with sqlite3.connect(db) as con:
         assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
@@ -152,6 +159,81 @@ def test_a_second_run_starts_from_a_registered_dataset(first, tmp_path):
         "results/standard/sim_a.h5ad",
         "resources/raw/sim_a/manifest.json",
     ]
+
+
+def keys_of(node: dict) -> set[str]:
+    """Every key in a lineage tree."""
+    return {node["key"]}.union(*(keys_of(n) for n in node["inputs"]))
+
+
+def corpus_config(first: Path, tokenizers: dict) -> dict:
+    """A working directory that trains on the corpus `c` registered by `first`."""
+    run = {"max_steps": 4, "batch_size": 8, "log_every": 2, "val_every": 0, "stats_batches": 1}
+    return {
+        "datasets": {},
+        "corpora": {
+            "reused": {
+                "source": "lamindb",
+                "collections": {
+                    "binned": "results/corpus/c/binned",
+                    "rank": "results/corpus/c/rank",
+                },
+            }
+        },
+        "tokenizers": tokenizers,
+        "models": {"tiny": {"preset": "tiny", "d_model": 32, "n_heads": 2}},
+        "runs": {
+            "r": {
+                "corpus": "reused",
+                "tokenizer": "binned",
+                "model": "tiny",
+                "objectives": {"mse": 1.0},
+                **run,
+            }
+        },
+        "registry": {"enabled": True, "path": str(first / ".scfm-registry")},
+    }
+
+
+def test_a_second_run_trains_on_a_registered_corpus(first, tmp_path):
+    """Another working directory trains on corpus `c` without rebuilding it."""
+    wd = workflow(tmp_path / "second", corpus_config(first, CONFIG["tokenizers"]))
+    targets = ["results/train/r/model.pt", "results/corpus/reused/rank/manifest.json"]
+    res = snakemake(wd, *targets, "results/corpus/reused/gene_stats.tsv")
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert not (wd / "results" / "qc").exists()  # nothing was downloaded, QC'd or sharded here
+    theirs = json.loads((first / "results/corpus/c/binned/manifest.json").read_text())
+    ours = json.loads((wd / "results/corpus/reused/binned/manifest.json").read_text())
+    assert ours["shards"] == theirs["shards"] and ours["vocab_hash"] == theirs["vocab_hash"]
+    base = wd / "results/corpus/reused/binned"
+    for shard in ours["shards"]:
+        assert hash_file(base / shard["path"]) == shard["sha256"], shard["path"]
+    for name in ("vocab.tsv", "gene_stats.tsv"):  # gene statistics: rank tokens need them
+        assert filecmp.cmp(wd / "results/corpus/reused" / name, first / "results/corpus/c" / name)
+    settings = RegistrySettings.from_config({"path": str(first / ".scfm-registry")}, workdir=wd)
+    coll = show(settings, "results/corpus/c/binned")
+    assert ours["registry"]["uid"] == coll["uid"]
+    keys = keys_of(lineage(settings, "results/train/r/model.pt"))
+    assert {
+        "results/corpus/reused/binned/manifest.json",
+        "results/corpus/c/binned/manifest.json",
+        "results/qc/sim_b.h5ad",
+        "resources/raw/sim_a/manifest.json",
+    } <= keys
+
+
+def test_a_registered_corpus_with_other_tokenizer_settings_is_refused(first, tmp_path):
+    tokenizers = {**CONFIG["tokenizers"], "binned": {"kind": "binned", "max_len": 64}}
+    wd = workflow(tmp_path / "other", corpus_config(first, tokenizers))
+    res = snakemake(wd, "results/corpus/reused/binned/manifest.json")
+    assert res.returncode != 0
+    log = (wd / "logs" / "registry_corpus" / "reused.binned.log").read_text()
+    assert (
+        "results/corpus/c/binned: tokenizer_params.max_len: the registered corpus was "
+        "tokenized with max_len=100, tokenizers.binned says 64" in log
+    ), log[-2000:]
+    assert not (wd / "results/corpus/reused/binned/manifest.json").exists()
+    assert not (wd / "results/corpus/reused/binned/datasets").exists()
 
 
 def test_the_pipeline_runs_with_the_registry_disabled(tmp_path):

@@ -315,3 +315,24 @@ def test_concurrent_jobs_share_one_new_instance(tmp_path):
     db = tmp_path / ".scfm-registry" / "storage" / ".lamindb" / "lamin.db"
     with sqlite3.connect(db) as con:
         assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_the_worker_runs_under_the_configured_python(lab, tmp_path):
+    """registry.python: per-rule conda envs without lamindb hand the registry to another Python."""
+    marker = tmp_path / "used"
+    wrapper = tmp_path / "python-with-lamindb"
+    wrapper.write_text(f'#!/bin/sh\necho "$@" >> "{marker}"\nexec "{sys.executable}" "$@"\n')
+    wrapper.chmod(0o755)
+    s = RegistrySettings.from_config({"python": str(wrapper)}, workdir=lab["wd"])
+    assert {r["key"] for r in list_records(s, kind="qc")} >= {"results/qc/d.h5ad"}
+    assert "-m scfm.registry._worker" in marker.read_text()
+
+
+def test_a_configured_python_without_lamindb_is_named(lab, tmp_path):
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    python = str(bare / "bin" / "python")
+    s = RegistrySettings.from_config({"python": python}, workdir=lab["wd"])
+    with pytest.raises(ScfmRegistryError, match="not installed in this environment") as err:
+        list_records(s)
+    assert python in str(err.value)

@@ -31,6 +31,7 @@ def test_registry_defaults_are_off_and_local():
         "path": ".scfm-registry",
         "settings_dir": None,
         "timeout": 60,
+        "python": None,
     }
 
 
@@ -59,6 +60,7 @@ def test_lamindb_source_reads_from_the_top_level_registry_unless_it_names_one():
         "path": "/lab/registry",
         "settings_dir": None,
         "timeout": 5,
+        "python": None,
     }
     assert out["datasets"]["b"]["registry"]["path"] == "/other"
     assert out["datasets"]["b"]["registry"]["timeout"] == 5
@@ -99,8 +101,8 @@ def test_disabled_registry_is_a_no_op(tmp_path, monkeypatch):
 
 @pytest.fixture
 def no_lamindb(monkeypatch):
-    monkeypatch.setattr(client, "lamindb_installed", lambda: False)
-    monkeypatch.setattr("scfm.registry.lamindb_installed", lambda: False)
+    monkeypatch.setattr(client, "lamindb_installed", lambda python=None: False)
+    monkeypatch.setattr("scfm.registry.lamindb_installed", lambda python=None: False)
 
 
 def test_missing_lamindb_fails_a_required_registry_with_the_install_command(
@@ -125,5 +127,5 @@ def test_missing_lamindb_only_warns_when_not_required(tmp_path, monkeypatch, cap
     check_installed(cfg)  # nothing needs lamindb at start-up
     reader = copy.deepcopy(cfg)
     reader["datasets"]["r"] = {"source": "lamindb", "key": "k"}
-    with pytest.raises(ScfmRegistryError, match="datasets r read from it"):
+    with pytest.raises(ScfmRegistryError, match=r"datasets\.r read from it"):
         check_installed(validate_config(reader))

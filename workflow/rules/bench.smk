@@ -195,8 +195,6 @@ rule bench_summary:
         "logs/bench_summary/{evalset}.log",
     conda:
         "../../envs/bench.yaml"
-    params:
-        lineage=get_bench_embeddings,
     script:
         "../../scripts/bench_summary.py"
 

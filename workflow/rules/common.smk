@@ -1,6 +1,7 @@
 # Config validation, wildcard constraints and input functions shared by every rule.
 import re
 
+from scfm.config import corpus_tokenizers as _corpus_tokenizers
 from scfm.config import load_schema, validate_config
 
 # Validate once at start-up, before any job: unknown keys, wrong types and unknown sources stop
@@ -85,11 +86,23 @@ def qc_params(wildcards):
 
 CORPORA = config["corpora"]
 TOKENIZERS = config["tokenizers"]
+# Corpora built here (rules vocab, gene_stats, shard, corpus_manifest) and corpora registered
+# elsewhere (rules registry_*), which write the same paths: these constraints tell them apart.
+REGISTERED_CORPORA = [c for c, b in CORPORA.items() if b["source"] == "lamindb"]
+BUILT_CORPUS_RE = (
+    "|".join(re.escape(c) for c in CORPORA if c not in REGISTERED_CORPORA) or NEVER
+)
+REGISTERED_CORPUS_RE = "|".join(re.escape(c) for c in REGISTERED_CORPORA) or NEVER
 
 
 def corpus_tokenizers(corpus):
     """Tokenizers whose shards a corpus gets (all of them unless the corpus lists some)."""
-    return CORPORA[corpus]["tokenizers"] or list(TOKENIZERS)
+    return _corpus_tokenizers(CORPORA[corpus], TOKENIZERS)
+
+
+def corpus_cfg(wildcards):
+    """The validated block of the corpus named by the wildcard."""
+    return CORPORA[wildcards.corpus]
 
 
 def get_corpus_qc(wildcards):
@@ -325,12 +338,6 @@ def get_bench_outputs():
         if bench["umap"]:
             files += [f"results/bench/{name}/{m}/umap.png" for m in bench["methods"]]
     return files
-
-
-def get_bench_embeddings(wildcards):
-    """The embeddings behind an evaluation set's metric tables (registry lineage only)."""
-    methods = {f.split("/")[-2] for f in bench_metric_files(wildcards.evalset)}
-    return [f"results/embed/{m}/{wildcards.evalset}.h5ad" for m in sorted(methods)]
 
 
 # The registry (docs/registry.md): without lamindb installed, stop here rather than in a job.

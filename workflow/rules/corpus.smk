@@ -8,6 +8,8 @@ rule vocab:
         vocab="results/corpus/{corpus}/vocab.tsv",
     log:
         "logs/vocab/{corpus}.log",
+    wildcard_constraints:
+        corpus=BUILT_CORPUS_RE,
     conda:
         "../../envs/rna.yaml"
     params:
@@ -24,6 +26,8 @@ rule gene_stats:
         stats="results/corpus/{corpus}/gene_stats.tsv",
     log:
         "logs/gene_stats/{corpus}.log",
+    wildcard_constraints:
+        corpus=BUILT_CORPUS_RE,
     conda:
         "../../envs/rna.yaml"
     params:
@@ -63,9 +67,57 @@ rule corpus_manifest:
         manifest="results/corpus/{corpus}/{tokenizer}/manifest.json",
     log:
         "logs/corpus_manifest/{corpus}.{tokenizer}.log",
+    wildcard_constraints:
+        corpus=BUILT_CORPUS_RE,
     conda:
         "../../envs/rna.yaml"
     params:
         weights=corpus_weights,
     script:
         "../../scripts/corpus_manifest.py"
+
+
+# A corpus registered by another working directory (corpora.<name>.source: lamindb): its
+# vocabulary, gene statistics and shards are fetched from the registry, verified, and then used
+# like a corpus built here (docs/registry.md).
+
+
+rule registry_vocab:
+    output:
+        file="results/corpus/{corpus}/vocab.tsv",
+    log:
+        "logs/registry_vocab/{corpus}.log",
+    wildcard_constraints:
+        corpus=REGISTERED_CORPUS_RE,
+    conda:
+        "../../envs/rna.yaml"
+    params:
+        cfg=corpus_cfg,
+    script:
+        "../../scripts/registry_corpus.py"
+
+
+use rule registry_vocab as registry_gene_stats with:
+    output:
+        file="results/corpus/{corpus}/gene_stats.tsv",
+    log:
+        "logs/registry_gene_stats/{corpus}.log",
+
+
+rule registry_corpus:
+    input:
+        vocab="results/corpus/{corpus}/vocab.tsv",
+    output:
+        manifest="results/corpus/{corpus}/{tokenizer}/manifest.json",
+        shards=directory("results/corpus/{corpus}/{tokenizer}/datasets"),
+    log:
+        "logs/registry_corpus/{corpus}.{tokenizer}.log",
+    wildcard_constraints:
+        corpus=REGISTERED_CORPUS_RE,
+    conda:
+        "../../envs/rna.yaml"
+    params:
+        cfg=corpus_cfg,
+        tokenizer=tokenizer_cfg,
+    script:
+        "../../scripts/registry_corpus.py"

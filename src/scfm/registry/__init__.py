@@ -45,6 +45,7 @@ __all__ = [
     "check_installed",
     "config_hash",
     "fetch",
+    "fetch_corpus",
     "lamindb_installed",
     "lineage",
     "list_records",
@@ -57,25 +58,25 @@ log = logging.getLogger("scfm.registry")
 
 
 def check_installed(config: Mapping[str, Any]) -> None:
-    """Stop at start-up when the config needs lamindb (required registry, `lamindb` datasets).
+    """Stop at start-up when the config needs lamindb (required registry, `lamindb` sources).
 
     Raises
     ------
     ScfmRegistryError
         Saying to ``pip install 'scfm[registry]'``.
     """
-    import sys
-
     block = config.get("registry") or {}
     readers = [
-        name
-        for name, ds in (config.get("datasets") or {}).items()
-        if isinstance(ds, dict) and ds.get("source") == "lamindb"
+        f"{section}.{name}"
+        for section in ("datasets", "corpora")
+        for name, b in (config.get(section) or {}).items()
+        if isinstance(b, dict) and b.get("source") == "lamindb"
     ]
     needed = bool(block.get("enabled") and block.get("required", True)) or bool(readers)
-    if needed and not lamindb_installed():
-        why = f"datasets {', '.join(readers)} read from it" if readers else "registry.enabled"
-        raise ScfmRegistryError(f"{why}: " + MISSING_LAMINDB.format(python=sys.executable))
+    python = RegistrySettings.from_config(block).interpreter
+    if needed and not lamindb_installed(python):
+        why = f"{', '.join(readers)} read from it" if readers else "registry.enabled"
+        raise ScfmRegistryError(f"{why}: " + MISSING_LAMINDB.format(python=python))
 
 
 def register_outputs(
@@ -158,6 +159,7 @@ def register_files(
     outs = files(_abs(workdir, outputs))
     ins = [p for p in files(_abs(workdir, inputs)) if p not in outs]
     outs, more_lineage, collection, info = expand(kind, outs, ins, workdir)
+    ins = [p for p in ins if p not in outs]  # e.g. a corpus registers its vocabulary with it
     wildcards = dict(wildcards or {})
     payload = {
         "kind": kind,
@@ -207,6 +209,16 @@ def lineage(settings: RegistrySettings, ident: str) -> dict[str, Any]:
 def fetch(settings: RegistrySettings, ident: str) -> dict[str, Any]:
     """Make a registered file local and return ``{uid, key, path, size, kind, run, ...}``."""
     return _client.call(settings, "fetch", {"ident": ident})
+
+
+def fetch_corpus(settings: RegistrySettings, ident: str, *, shards: bool = True) -> dict[str, Any]:
+    """Make a registered corpus local: ``{uid, key, manifest, shards, files, run}``.
+
+    ``ident`` is the key (``results/corpus/<corpus>/<tokenizer>``) or uid of a corpus
+    collection; every file is checked against its registered hash. ``shards=False`` fetches
+    only the manifest and the corpus' other files (vocabulary, gene statistics).
+    """
+    return _client.call(settings, "fetch_corpus", {"ident": ident, "shards": shards})
 
 
 def _abs(workdir: Path, paths: Iterable[str | Path]) -> list[Path]:

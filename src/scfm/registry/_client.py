@@ -19,7 +19,6 @@ import logging
 import os
 import queue
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -49,8 +48,9 @@ def call(settings: RegistrySettings, op: str, payload: dict[str, Any] | None = N
     ScfmRegistryNotFound
         The key or uid asked for is not registered.
     """
-    if not lamindb_installed():
-        raise ScfmRegistryError(MISSING_LAMINDB.format(python=sys.executable))
+    python = settings.interpreter
+    if not lamindb_installed(python):
+        raise ScfmRegistryError(MISSING_LAMINDB.format(python=python))
     root = settings.root
     root.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
@@ -61,7 +61,7 @@ def call(settings: RegistrySettings, op: str, payload: dict[str, Any] | None = N
     request = {"op": op, "settings": settings.to_json(), "payload": payload or {}}
     start = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "scfm.registry._worker"],
+        [python, "-m", "scfm.registry._worker"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

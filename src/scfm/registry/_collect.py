@@ -6,16 +6,18 @@ Pure file inspection (manifests, h5ad provenance); no lamindb, no snakemake impo
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 #: What the pipeline registers, one kind per stage.
-KINDS = ("raw", "standard", "qc", "corpus", "model", "embedding", "benchmark")
+KINDS = ("raw", "standard", "qc", "vocab", "corpus", "model", "embedding", "benchmark")
 _LABEL = {
     "raw": "raw dataset",
     "standard": "standardized h5ad",
     "qc": "QC output",
+    "vocab": "corpus vocabulary or gene statistics",
     "corpus": "corpus",
     "model": "trained model",
     "embedding": "cell embedding",
@@ -28,7 +30,7 @@ def files(paths: Iterable[Any]) -> list[Path]:
     """Existing regular files among ``paths`` (directories and missing paths are left out)."""
     out = []
     for p in paths:
-        path = Path(str(p))
+        path = Path(os.path.normpath(str(p)))  # `a/b/../vocab.tsv` and `a/vocab.tsv` are one file
         if path.is_file() and path not in out:
             out.append(path)
     return out
@@ -110,10 +112,25 @@ def _corpus(
 ) -> tuple[list[Path], list[str], dict[str, Any], dict[str, Any]]:
     manifest_path = next(p for p in outputs if p.name == "manifest.json")
     manifest = json.loads(manifest_path.read_text())
+    registered = manifest.get("registry") or {}
+    if registered.get("manifest_uid"):
+        # Fetched from a registered corpus (source lamindb): its shards and vocabulary are
+        # byte-identical copies of registered files, so only this manifest is new; it is linked
+        # to the original collection's manifest, whose lineage leads to the QC'd data.
+        info = {
+            "corpus": manifest.get("corpus"),
+            "tokenizer": manifest.get("tokenizer"),
+            "vocab_hash": manifest.get("vocab_hash"),
+            "registered_corpus": {k: registered.get(k) for k in ("uid", "key")},
+            "input_uids": [registered["manifest_uid"]],
+        }
+        return [manifest_path], [], None, info
     base = manifest_path.parent
     shards = files(base / s["path"] for s in manifest["shards"])
     per_dataset = files(base / "datasets" / d / "manifest.json" for d in manifest["datasets"])
     vocab = files([base / manifest["vocab_path"]])
+    if (manifest.get("tokenizer_params") or {}).get("kind") == "rank" and vocab:
+        vocab += files([vocab[0].parent / "gene_stats.tsv"])  # rank tokens are read with it
     lineage = [str(d["source"]) for d in manifest["datasets"].values() if d.get("source")]
     n_cells = sum((manifest.get("splits") or {}).values())
     collection = {

@@ -81,6 +81,9 @@ def register(
             artifact = ln.Artifact.filter(uid=uid).first()
             if artifact is not None:
                 run.input_artifacts.add(artifact)
+                meta_of = getattr(artifact, "_meta_of_collection", None)
+                if meta_of is not None:  # a registered corpus' manifest: the corpus itself
+                    run.input_collections.add(meta_of)
                 linked.append(artifact.key)
         registered: dict[str, Any] = {}
         created = []
@@ -185,9 +188,14 @@ def _collection(spec: dict[str, Any], registered: dict[str, Any], run: Any) -> t
         run=run,
         revises=latest,
     )
-    new = coll._state.adding
+    if not coll._state.adding:
+        # lamindb returned an existing collection with the same members (same hash): leave
+        # its key, description and run as they are rather than saving this job's over them
+        coll.refresh_from_db()
+        coll.recreating_runs.add(run)
+        return coll, False
     coll.save()
-    return coll, new
+    return coll, True
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -330,6 +338,39 @@ def fetch(settings: dict[str, Any], *, ident: str) -> dict[str, Any]:
     if run_info.get("kind") == "raw" and record.key.endswith("manifest.json"):
         out["members"] = _raw_members(record, run_info)
     return out
+
+
+def fetch_corpus(settings: dict[str, Any], *, ident: str, shards: bool = True) -> dict[str, Any]:
+    """A registered corpus (a collection of shards) made local, every file verified.
+
+    Returns the collection's uid and key, its manifest (the meta artifact), its shards (unless
+    ``shards`` is false) and the other files its run registered (vocabulary, gene statistics,
+    per-dataset manifests), each as ``{uid, key, path, size}``, keyed by their registered key.
+    """
+    record = _resolve(ident)
+    if not isinstance(record, ln.Collection):
+        raise NotFound(
+            f"{ident!r} is a single file, not a corpus; name a corpus collection "
+            "(`scfm registry list --kind corpus`), e.g. results/corpus/<corpus>/<tokenizer>"
+        )
+    if record.meta_artifact is None:
+        raise NotFound(f"{ident!r}: the collection has no manifest (meta artifact)")
+    members = list(record.ordered_artifacts)
+    files = {a.key: _local(a) for a in members} if shards else {}
+    skip = {a.uid for a in members}
+    run = record.meta_artifact.run
+    if run is not None:  # created by the run, or registered earlier and recreated by it
+        for artifact in [*run.output_artifacts.all(), *run.recreated_artifacts.all()]:
+            if artifact.uid not in skip:
+                files.setdefault(artifact.key, _local(artifact))
+    return {
+        "uid": record.uid,
+        "key": record.key,
+        "manifest": _local(record.meta_artifact),
+        "shards": [a.key for a in members],
+        "files": files,
+        "run": _run_info(run),
+    }
 
 
 def _local(record: Any) -> dict[str, Any]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
+import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,6 +49,10 @@ class RegistrySettings:
         ``LAMIN_SETTINGS_DIR`` (the directory holding ``.lamin/``); ``None``: ``<path>/settings``.
     timeout
         Seconds allowed to reach the registry (wait for the lock and connect).
+    python
+        The Python interpreter that runs the registry worker; ``None``: the job's own. With
+        per-rule conda environments (which do not install lamindb), point it at an
+        environment that has it, e.g. the project's ``.venv/bin/python``.
     """
 
     enabled: bool = False
@@ -54,6 +61,7 @@ class RegistrySettings:
     path: str = ".scfm-registry"
     settings_dir: str | None = None
     timeout: float = 60.0
+    python: str | None = None
     workdir: str = field(default_factory=lambda: str(Path.cwd()))
 
     @classmethod
@@ -78,6 +86,13 @@ class RegistrySettings:
         return self.root / "settings"
 
     @property
+    def interpreter(self) -> str:
+        """The Python that runs the registry worker."""
+        if not self.python:
+            return sys.executable
+        return str(Path(self.workdir) / Path(self.python).expanduser())
+
+    @property
     def is_local(self) -> bool:
         """Whether this is the embedded SQLite instance."""
         return self.instance is None
@@ -95,9 +110,21 @@ class RegistrySettings:
         return out
 
 
-def lamindb_installed() -> bool:
-    """Whether lamindb can be imported here (checked without importing it)."""
-    return importlib.util.find_spec("lamindb") is not None
+@functools.cache
+def lamindb_installed(python: str | None = None) -> bool:
+    """Whether lamindb can be imported here, or by the interpreter ``python``.
+
+    Checked without importing it (for another interpreter: in a short-lived process).
+    """
+    if python is None or python == sys.executable:
+        return importlib.util.find_spec("lamindb") is not None
+    probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('lamindb') is None)"
+    try:
+        return (
+            subprocess.run([python, "-c", probe], capture_output=True, timeout=60).returncode == 0
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
 
 def config_hash(config: Mapping[str, Any]) -> str:

@@ -71,7 +71,7 @@ def fetch(name: str, cfg: dict[str, Any], outdir: Path, *, chunk_cells: int) -> 
             "an h5ad (standardized, QC'd or raw) or a raw manifest.json",
         )
     kind = record["kind"]
-    matrix = _copy(path, outdir / f"{name}.h5ad")
+    matrix = link_copy(path, outdir / f"{name}.h5ad")
     defaults = STANDARD_DEFAULTS if kind in ("standard", "qc") else {}
     return {"format": "h5ad", "matrices": [matrix], "defaults": defaults, "source_info": info}
 
@@ -97,12 +97,15 @@ def _raw_dataset(record: dict[str, Any], outdir: Path, info: dict[str, Any]) -> 
     matrices = []
     for i, m in enumerate(manifest["matrices"]):
         src = local(m["path"], f"matrices[{i}]")
-        copied = _copy(src, outdir / Path(m["path"]).name)
+        copied = link_copy(src, outdir / Path(m["path"]).name)
         matrices.append({**copied, "url": m.get("url")})
     obs_table = manifest.get("obs_table")
     if obs_table:
         src = local(obs_table["path"], "obs_table")
-        obs_table = {**obs_table, "path": _copy(src, outdir / Path(obs_table["path"]).name)["path"]}
+        obs_table = {
+            **obs_table,
+            "path": link_copy(src, outdir / Path(obs_table["path"]).name)["path"],
+        }
     info["original_source"] = {
         "source": manifest.get("source"),
         "source_info": manifest.get("source_info"),
@@ -116,8 +119,12 @@ def _raw_dataset(record: dict[str, Any], outdir: Path, info: dict[str, Any]) -> 
     }
 
 
-def _copy(src: Path, dest: Path) -> dict[str, Any]:
-    """Hard-link (or copy) ``src`` to ``dest`` atomically; return its raw-manifest record."""
+def link_copy(src: Path, dest: Path) -> dict[str, Any]:
+    """Hard-link (or copy) ``src`` to ``dest`` atomically; return its raw-manifest record.
+
+    A hard link shares the registered bytes without a copy; registered files are never
+    rewritten in place (a rerun writes a new file and renames it), so the link stays valid.
+    """
     with atomic_path(dest, suffix=".tmp" + dest.suffix) as tmp:
         tmp.unlink()
         try:
