@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from scfm.redact import redact
 from scfm.registry import _client
 from scfm.registry._collect import KINDS, describe, expand, files, output_records
 from scfm.registry._settings import (
@@ -116,7 +117,7 @@ def register_outputs(
             lineage=lineage,
             rule=smk.rule,
             wildcards=dict(smk.wildcards.items()),
-            params=dict(smk.params.items()),
+            params=redact(dict(smk.params.items())),  # no URL credentials in the registry
             config=smk.config,
             settings=settings,
         )
