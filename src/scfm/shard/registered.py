@@ -23,7 +23,6 @@ from typing import Any
 
 from scfm.atomic import write_text_atomic
 from scfm.errors import ScfmInputError
-from scfm.io.download import hash_file
 from scfm.io.sources.lamindb import link_copy
 from scfm.tokenize.tokenizers import TokenizerConfig
 from scfm.tokenize.vocab import Vocab
@@ -138,8 +137,8 @@ def fetch_registered_corpus(
                 )
             dest = tmp / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
-            link_copy(Path(record["files"][key]["path"]), dest)
-            if hash_file(dest) != entry["sha256"]:
+            copied = link_copy(Path(record["files"][key]["path"]), dest)  # hashes the copy
+            if copied["sha256"] != entry["sha256"]:
                 raise ScfmInputError(
                     key, "sha256", "the shard differs from its manifest entry", entry["sha256"]
                 )
