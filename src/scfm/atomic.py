@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +19,49 @@ def _current_umask() -> int:
 
 
 _UMASK = _current_umask()
+log = logging.getLogger(__name__)
+
+
+# the names tempfile gives: 8 characters of this alphabet
+_RANDOM = "[a-z0-9_]{8}"
+_STALE = {
+    "file": (r"{name}\.{rand}\.tmp.*", False),  # atomic_path
+    "dir": (r"{name}\.{rand}", True),  # temp_dir_beside: an output directory being built
+    "spill": (r"{name}\.spill\.{rand}", True),  # temp_dir_beside(spill=True): scratch space
+}
+
+
+def clean_stale(final: str | os.PathLike[str], kind: str = "file") -> list[Path]:
+    """Remove what killed writers of ``final`` left beside it; return the removed paths.
+
+    A job killed with SIGKILL (preemption, time limit, OOM) cannot clean up: its temporary
+    file (``kind="file"``: ``.<name>.XXXXXXXX.tmp<suffix>`` from :func:`atomic_path`) or
+    directory (``"dir"``: ``.<name>.XXXXXXXX``, ``"spill"``: ``.<name>.spill.XXXXXXXX``, from
+    :func:`temp_dir_beside`) stays behind. It never looks complete, but on a cluster file
+    system they pile up. A new writer of ``final`` removes those of its own kind first; this
+    relies on one writer per output at a time, which Snakemake guarantees for the pipeline's
+    outputs.
+    """
+    final = Path(final)
+    template, is_dir = _STALE[kind]
+    pattern = re.compile(r"\." + template.format(name=re.escape(final.name), rand=_RANDOM))
+    try:
+        entries = [e for e in os.scandir(final.parent) if pattern.fullmatch(e.name)]
+    except FileNotFoundError:
+        return []
+    removed = []
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False) != is_dir:
+            continue
+        path = Path(entry.path)
+        if is_dir:
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    if removed:
+        log.info("removed %d leftover temporary path(s) of %s", len(removed), final)
+    return removed
 
 
 @contextlib.contextmanager
@@ -27,9 +73,12 @@ def atomic_path(final: str | os.PathLike[str], *, suffix: str | None = None) -> 
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{final.name}.", suffix=suffix or f".tmp{final.suffix}", dir=final.parent
-    )
+    clean_stale(final, "file")
+    # always ".tmp" first: clean_stale recognises the name; the extension stays last for tools
+    # that go by it
+    if not (suffix or "").startswith(".tmp"):
+        suffix = f".tmp{suffix or final.suffix}"
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix, dir=final.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     # mkstemp creates mode 0600; give the result the mode a plain open() would (shared
@@ -41,6 +90,20 @@ def atomic_path(final: str | os.PathLike[str], *, suffix: str | None = None) -> 
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def temp_dir_beside(final: str | os.PathLike[str], *, spill: bool = False) -> Path:
+    """A new temporary directory beside ``final``, after :func:`clean_stale`.
+
+    Named ``.<name>.XXXXXXXX`` (``.<name>.spill.XXXXXXXX`` with ``spill``). The caller
+    renames it to ``final`` when complete (an output directory) or removes it (spill space);
+    on an exception it must remove it.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(final, "spill" if spill else "dir")
+    prefix = f".{final.name}.spill." if spill else f".{final.name}."
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=final.parent))
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:

@@ -32,7 +32,7 @@ import gzip
 import io
 import logging
 import os
-import tempfile
+import shutil
 import time
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
@@ -44,7 +44,7 @@ import numba
 import numpy as np
 import pandas as pd
 
-from scfm.atomic import atomic_path
+from scfm.atomic import atomic_path, temp_dir_beside
 from scfm.errors import ScfmInputError
 
 log = logging.getLogger(__name__)
@@ -662,8 +662,8 @@ def prepare_fragments(
     used = np.zeros(len(barcodes), bool)
     sortcheck = _SortCheck()
     spill_root = Path(tmp_dir) if tmp_dir else out.parent
-    spill_root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=spill_root, prefix=f".{out.name}.spill.") as spill_dir:
+    spill_dir = temp_dir_beside(spill_root / out.name, spill=True)
+    try:
         spill = _Spill(spill_dir, len(gnames))
         for chunk in iter_fragments(raw, chroms=chroms, barcodes=barcodes, chunk_size=chunk_size):
             sortcheck.update(chunk.chrom, chunk.start, n_in)
@@ -745,6 +745,8 @@ def prepare_fragments(
                 )
 
         write_fragments(out, blocks(), names, csi=bool(gsize.max() >= TBI_MAX_POSITION))
+    finally:
+        shutil.rmtree(spill_dir, ignore_errors=True)
     seconds = time.perf_counter() - t0
     n_columns = count_columns(raw)
     cm = harmonize_chrom(chroms.names, genome, chrom_map)

@@ -38,7 +38,6 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +57,7 @@ from scfm.atac.tiles import (
 )
 from scfm.atomic import atomic_path, write_text_atomic
 from scfm.errors import ScfmInputError
+from scfm.provenance import created
 
 log = logging.getLogger(__name__)
 
@@ -347,7 +347,7 @@ def call_peaks(
     out = _write_bed(table, out_dir / "summits.bed", ["chrom", "start", "end", "name", "score"])
     record = {
         "stage": "call_peaks",
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "created": created(),
         "fragments": [str(p) for p in fragments_list],
         "genome": getattr(genome, "name", None),
         "macs3": {

@@ -66,12 +66,10 @@ import json
 import logging
 import queue
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -85,11 +83,15 @@ from numba import njit
 
 from scfm import __version__
 from scfm.atac.fragments import FragmentChunk, Index, iter_fragments
-from scfm.atomic import atomic_path
+from scfm.atomic import atomic_path, temp_dir_beside
 from scfm.errors import ScfmInputError
 from scfm.io.h5ad import CsrH5adWriter
+from scfm.provenance import created
 
 log = logging.getLogger(__name__)
+
+# wall-clock facts of a run: in the returned record and the log, not in the h5ad
+_TIMINGS = ("seconds", "seconds_counting", "fragments_per_second")
 
 COUNTINGS = ("insertion", "paired-insertion", "fragment")
 _INSERTION, _PAIRED, _FRAGMENT = 0, 1, 2
@@ -699,7 +701,7 @@ def count_features(
     t0 = time.perf_counter()
     out_h5ad = Path(out_h5ad)
     out_h5ad.parent.mkdir(parents=True, exist_ok=True)
-    spill_dir = Path(tempfile.mkdtemp(prefix=f".{out_h5ad.name}.spill-", dir=out_h5ad.parent))
+    spill_dir = temp_dir_beside(out_h5ad, spill=True)
     try:
         buckets = _Buckets(n_cells, spill_dir, buffer_pairs)
         chunks = iter_fragments(
@@ -730,7 +732,7 @@ def count_features(
         ).rename(columns=obs_names or {})
         record = {
             "stage": stage,
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "created": created(),
             "fragments": str(fragments),
             "counting": counting,
             "binarize": binarize,
@@ -771,10 +773,12 @@ def count_features(
                 record["seconds"] = round(time.perf_counter() - t0, 3)
                 record["seconds_counting"] = round(t_read, 3)
                 record["fragments_per_second"] = round(n_read / max(t_read, 1e-9))
-            # the record (nnz, timings) is complete only now: replace the empty uns
+            # the record (nnz) is complete only now: replace the empty uns. The timings stay
+            # out of the file (logged and returned; see scfm.provenance)
+            written = {k: v for k, v in record.items() if k not in _TIMINGS}
             with h5py.File(tmp, "a") as f:
                 del f["uns"]
-                ad.io.write_elem(f, "uns", {"scfm": {stage: json.dumps(record, default=str)}})
+                ad.io.write_elem(f, "uns", {"scfm": {stage: json.dumps(written, default=str)}})
     finally:
         shutil.rmtree(spill_dir, ignore_errors=True)
     log.info(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from scfm.embed.cells import CellStream
 from scfm.embed.model_file import ModelFile, open_model_file
 from scfm.errors import ScfmConfigError, ScfmInputError
 from scfm.io.embedding import write_embedding
+from scfm.provenance import created
 
 log = logging.getLogger("scfm.embed")
 
@@ -110,7 +110,8 @@ def embed_file(
     -------
     dict
         The provenance record: model path, sha256, vocab_hash, step, run, input, output, key,
-        n_cells, dim, device, the missing-gene report, scfm version, created.
+        n_cells, dim, device, the missing-gene report, scfm version, created; and ``seconds``
+        (logged, not written into the file).
     """
     model = open_model_file(model_file, gene_stats=gene_stats)
     key = key or f"X_{model.run_name}"
@@ -137,12 +138,21 @@ def embed_file(
         **report,
         "batch_size": batch_size,
         "precision": "bf16" if dev.type == "cuda" else "fp32",
-        "seconds": round(time.perf_counter() - started, 3),
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "created": created(),
         "versions": {"scfm": __version__, **{p: version(p) for p in ("torch", "anndata")}},
     }
     write_embedding(output_h5ad, obs, key, emb, record, stage="embed")
-    log.info("%s: %d cells x %d dims in obsm[%r]", output_h5ad, len(emb), emb.shape[1], key)
+    # the duration goes to the log and the returned record, not into the file (see
+    # scfm.provenance: the file depends on its inputs only)
+    record["seconds"] = round(time.perf_counter() - started, 3)
+    log.info(
+        "%s: %d cells x %d dims in obsm[%r] in %.1fs",
+        output_h5ad,
+        len(emb),
+        emb.shape[1],
+        key,
+        record["seconds"],
+    )
     return record
 
 

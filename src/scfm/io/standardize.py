@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from scfm.io.formats import open_counts
 from scfm.io.genes import map_genes, read_gene_table
 from scfm.io.h5ad import CsrH5adWriter
 from scfm.io.sources import read_manifest
+from scfm.provenance import created
 from scfm.redact import redact
 
 log = logging.getLogger(__name__)
@@ -234,7 +234,7 @@ def standardize(
             "stage": "standardize",
             "dataset": dataset,
             "source": man["source"],
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "created": created(),
             "inputs": man["matrices"],
             "counts_field": [r.field for r in readers],
             "genes": gene_report,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from scfm import __version__
 from scfm.atomic import atomic_path
 from scfm.errors import ScfmInputError
 from scfm.io.h5ad import CsrH5adWriter, MatrixReader, provenance, read_dataframe
+from scfm.provenance import created
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +269,7 @@ def qc_rna(
     )
     prov = {
         "stage": "qc",
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "created": created(),
         "params": params,
         "organism": organism,
         "input": str(path),

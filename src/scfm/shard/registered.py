@@ -17,13 +17,13 @@ import logging
 import posixpath
 import shutil
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from scfm.atomic import write_text_atomic
 from scfm.errors import ScfmInputError
 from scfm.io.sources.lamindb import link_copy
+from scfm.provenance import created
 from scfm.tokenize.tokenizers import TokenizerConfig
 from scfm.tokenize.vocab import Vocab
 
@@ -157,7 +157,7 @@ def fetch_registered_corpus(
         "corpus": corpus,
         "tokenizer": tokenizer,
         "vocab_path": posixpath.relpath(Path(vocab_path).resolve(), out_dir.resolve()),
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "created": created(),
         "registry": {
             "uid": record["uid"],
             "key": record["key"],

@@ -13,9 +13,7 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +24,11 @@ import pyarrow.ipc as ipc
 from tqdm.auto import tqdm
 
 from scfm import __version__
-from scfm.atomic import write_text_atomic
+from scfm.atomic import temp_dir_beside, write_text_atomic
 from scfm.errors import ScfmInputError
 from scfm.io.download import hash_file
 from scfm.io.h5ad import MatrixReader, read_dataframe
+from scfm.provenance import created
 from scfm.shard.corpus import SPLITS, assign_splits, select_cells
 from scfm.shard.stats import inverse_medians
 from scfm.tokenize.tokenizers import (
@@ -164,8 +163,7 @@ def shard_dataset(
     inv_median = inverse_medians(gene_stats, len(vocab)) if cfg.kind == "rank" else None
     meta = {"vocab_hash": vocab.hash, "tokenizer": cfg.params(), "dataset": dataset}
     schema = shard_schema(cfg.value_kind, meta)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp = temp_dir_beside(out_dir)
     try:
         writers = {s: _SplitWriter(tmp, s, schema, cells_per_shard) for s in SPLITS}
         per_gene = np.zeros(len(var), np.float64)
@@ -239,7 +237,7 @@ def shard_dataset(
             "dataset": dataset,
             "source": str(h5ad),
             "source_sha256": source_sha256 or hash_file(h5ad),
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "created": created(),
             "scfm_version": __version__,
             "vocab_hash": vocab.hash,
             "vocab_size": len(vocab),
@@ -342,7 +340,7 @@ def merge_manifests(
         },
         "datasets": merged["datasets"],
         "weights": dict(weights) if weights else None,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "created": created(),
         "scfm_version": __version__,
     }
     write_text_atomic(out, json.dumps(manifest, indent=2))

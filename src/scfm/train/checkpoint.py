@@ -50,9 +50,7 @@ class CheckpointManager:
 
     def save(self, step: int, state: dict[str, Any]) -> Path:
         """Write ``state`` (plain containers and tensors) as the checkpoint of ``step``."""
-        buf = io.BytesIO()
-        torch.save({"format": CHECKPOINT_FORMAT, "step": step, **state}, buf)
-        data = buf.getbuffer()
+        data = save_bytes({"format": CHECKPOINT_FORMAT, "step": step, **state})
         path = self.path(step)
         with atomic_path(path) as tmp:
             tmp.write_bytes(data)
@@ -134,8 +132,20 @@ def export_model(
     }
     path = Path(path)
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        tmp.write_bytes(save_bytes(payload))
     return path
+
+
+def save_bytes(obj: Any) -> memoryview:
+    """``torch.save`` of ``obj`` into memory.
+
+    Saving to a path would put the (temporary, random) file name into the zip archive's member
+    names, so the same weights would give different bytes in every run; in memory the archive
+    is always named ``archive``.
+    """
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getbuffer()
 
 
 def load_model_file(path: str | Path) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import itertools
 import logging
 import math
@@ -206,13 +207,18 @@ def _train(
         step = _restore(state, net, optimizer, schedule, train_loader, env, run)
         log.info("resuming from step %d (%s)", step, ckpt.path(step))
     else:
-        torch.manual_seed(run.seed + env.rank)  # per-rank stream for dropout and subsets
+        # per-rank streams for dropout and subsets; Python's and NumPy's too, so that the
+        # checkpoints' saved RNG states (and so their bytes) are the same in every run
+        torch.manual_seed(run.seed + env.rank)
+        random.seed(run.seed + env.rank)
+        np.random.seed(run.seed + env.rank)
     resumed_from = step or None
     metrics = _Metrics(
         out / "metrics.tsv",
         _trivial_columns(stats, run, train_loader),
         env,
         resume_step=step,
+        saved=state.get("metrics") if state is not None else None,
         tensorboard=run.tensorboard,
     )
     if env.is_main:
@@ -260,7 +266,7 @@ def _train(
             metrics.write(step, "val", _evaluate(net, val_loader, stats, run, env, autocast))
         stopping = bool(all_reduce_max(torch.tensor(int(stop.requested)), env))
         if step % run.checkpoint_every == 0 or step == max_steps or stopping:
-            _save(ckpt, step, net, optimizer, schedule, train_loader, env, meta)
+            _save(ckpt, step, net, optimizer, schedule, train_loader, env, meta, metrics)
         if stopping:
             log.warning("stopped by signal after step %d (checkpoint written)", step)
             break
@@ -680,8 +686,13 @@ def _save(
     loader: CorpusLoader,
     env: DistEnv,
     meta: dict[str, Any],
+    metrics: _Metrics,
 ) -> None:
-    """Every rank contributes its loader position and RNG state; rank 0 writes."""
+    """Every rank contributes its loader position and RNG state; rank 0 writes.
+
+    The rows of metrics.tsv so far go in too: Snakemake deletes the outputs of a failed job
+    (metrics.tsv among them), and the resumed run restores them from the checkpoint.
+    """
     loaders = gather_objects(loader.state_dict(), env)
     rngs = gather_objects(_rng_state(), env)
     if env.is_main:
@@ -695,6 +706,7 @@ def _save(
                 "loader": loaders,
                 "rng": rngs,
                 "world_size": env.world_size,
+                "metrics": metrics.text(),
                 **meta,
             },
         )
@@ -732,10 +744,21 @@ def _restore(
 
 
 class _Metrics:
-    """``metrics.tsv`` (rank 0 only); on resume, rows after the checkpoint's step are dropped."""
+    """``metrics.tsv`` (rank 0 only); on resume, rows after the checkpoint's step are dropped.
+
+    On resume the rows come from the checkpoint (``saved``, the file's text when it was
+    written); the file's own rows are used only for checkpoints older than that field.
+    """
 
     def __init__(
-        self, path: Path, trivial: list[str], env: DistEnv, *, resume_step: int, tensorboard: bool
+        self,
+        path: Path,
+        trivial: list[str],
+        env: DistEnv,
+        *,
+        resume_step: int,
+        saved: str | None = None,
+        tensorboard: bool,
     ) -> None:
         self.path, self.env, self.last = path, env, {}
         self.columns = [
@@ -755,11 +778,10 @@ class _Metrics:
         if not env.is_main:
             return
         kept: list[dict[str, str]] = []
-        if resume_step and path.is_file():
-            with path.open(newline="") as f:
-                kept = [
-                    r for r in csv.DictReader(f, delimiter="\t") if int(r["step"]) <= resume_step
-                ]
+        if resume_step and (saved is not None or path.is_file()):
+            text = saved if saved is not None else path.read_text()
+            rows = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t")
+            kept = [r for r in rows if int(r["step"]) <= resume_step]
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
             w = csv.DictWriter(f, self.columns, delimiter="\t", extrasaction="ignore")
@@ -772,6 +794,10 @@ class _Metrics:
                 self.tb = SummaryWriter(str(path.parent / "tensorboard"))
             except ImportError:
                 log.warning("tensorboard is not installed: no TensorBoard logs")
+
+    def text(self) -> str | None:
+        """The file's rows so far (rank 0; ``None`` elsewhere)."""
+        return self.path.read_text() if self.env.is_main else None
 
     def write(self, step: int, split: str, rows: dict[str, dict], **extra: float) -> None:
         """Append one row per objective (plus "total")."""

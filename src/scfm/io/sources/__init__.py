@@ -18,11 +18,11 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from scfm.atomic import write_text_atomic
+from scfm.provenance import created
 from scfm.redact import redact
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def fetch_dataset(
     manifest = {
         "dataset": name,
         "source": source,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "created": created(),
         "scfm_version": __version__,
         "config": cfg,
         "obs_table": None,
