@@ -29,7 +29,12 @@ class Route:
     content_type: str = "application/octet-stream"
     truncate_at: int | None = None  # announce the full length, send this many bytes, hang up
     fail_times: int = 0  # answer 503 this many times first
+    # stall: send the headers and this many body bytes, then nothing (connection left open);
+    # negative: accept the request and never answer at all
+    stall_after: int | None = None
+    stall_times: int | None = None  # stall the first N requests only (None: all of them)
     hits: int = 0
+    stalls: int = 0
 
 
 @dataclass
@@ -38,6 +43,7 @@ class LocalServer:
 
     base_url: str
     routes: dict[str, Route] = field(default_factory=dict)
+    release: threading.Event = field(default_factory=threading.Event)  # ends stalls (teardown)
 
     def add(self, path: str, body: bytes | str, **kw: object) -> str:
         if isinstance(body, str):
@@ -69,16 +75,34 @@ def _handler(server_state: LocalServer) -> type[http.server.BaseHTTPRequestHandl
             if route.status != 200:
                 self.send_error(route.status)
                 return
+            stall = route.stall_after is not None and (
+                route.stall_times is None or route.stalls < route.stall_times
+            )
+            if stall:
+                route.stalls += 1
+            if stall and route.stall_after < 0:
+                self._stall()
+                return
             self.send_response(200)
             self.send_header("Content-Type", route.content_type)
             self.send_header("Content-Length", str(len(route.body)))
             self.end_headers()
+            if stall:
+                self.wfile.write(route.body[: route.stall_after])
+                self.wfile.flush()
+                self._stall()
+                return
             if route.truncate_at is not None:
                 self.wfile.write(route.body[: route.truncate_at])
                 self.wfile.flush()
                 self.close_connection = True
                 return
             self.wfile.write(route.body)
+
+        def _stall(self) -> None:
+            # keep the connection open, silent, until the client gives up or the test ends
+            server_state.release.wait(timeout=60)
+            self.close_connection = True
 
     return Handler
 
@@ -96,6 +120,7 @@ def http_server() -> Iterator[LocalServer]:
     try:
         yield state
     finally:
+        state.release.set()
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)

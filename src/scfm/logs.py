@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
+from scfm.errors import disk_full_error
 from scfm.redact import redact_url
 
 
@@ -34,6 +36,15 @@ class _Redacting(logging.Formatter):
 
 def _log_uncaught(exc_type, exc, tb) -> None:
     # The job's error goes into its log file (Snakemake points the user there), not only stderr.
-    logging.getLogger("scfm").critical(
-        "%s: %s", exc_type.__name__, exc, exc_info=(exc_type, exc, tb)
-    )
+    log = logging.getLogger("scfm")
+    full = disk_full_error(exc) if isinstance(exc, BaseException) else None
+    if full is None:
+        log.critical("%s: %s", exc_type.__name__, exc, exc_info=(exc_type, exc, tb))
+        return
+    # A full disk: say so in one line that names the output (libraries' messages name a temporary
+    # file or nothing), then exit at once. HDF5 2.0 crashes (SIGSEGV) freeing files whose writes
+    # failed, which at interpreter exit would turn this clean error into a segfault.
+    log.critical("%s: %s", type(full).__name__, full, exc_info=(exc_type, exc, tb))
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(1)

@@ -21,7 +21,7 @@ import requests
 from tqdm.auto import tqdm
 
 from scfm.atomic import atomic_path
-from scfm.errors import ScfmDownloadError
+from scfm.errors import ScfmDownloadError, disk_full_error
 from scfm.redact import redact_url
 
 log = logging.getLogger(__name__)
@@ -80,10 +80,15 @@ def download(
     dest = Path(dest)
 
     def attempt() -> dict[str, Any]:
-        with atomic_path(dest) as tmp:
-            digests = _fetch(url, tmp, timeout=timeout)
-            got_size = tmp.stat().st_size
-            _verify(url, got_size, digests, sha256=sha256, md5=md5, size=size)
+        try:
+            with atomic_path(dest) as tmp:
+                digests = _fetch(url, tmp, timeout=timeout)
+                got_size = tmp.stat().st_size
+                _verify(url, got_size, digests, sha256=sha256, md5=md5, size=size)
+        except OSError as exc:
+            if full := disk_full_error(exc, dest):
+                raise full from exc
+            raise
         log.info("downloaded %s -> %s (%d bytes)", redact_url(url), dest, got_size)
         return {
             "url": redact_url(url),
