@@ -179,14 +179,7 @@ def test_disk_full_leaves_no_partial_output(runs: dict[str, dict], writer: str) 
     [
         "standardize",
         "qc",
-        pytest.param(
-            "shard",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="pyarrow's ENOSPC names no file and shard_dataset does not add its "
-                "out_dir (needs scfm.errors.disk_full_error in shard/writer.py)",
-            ),
-        ),
+        "shard",
         "download",
     ],
 )

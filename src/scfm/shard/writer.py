@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from scfm import __version__
 from scfm.atomic import temp_dir_beside, write_text_atomic
-from scfm.errors import ScfmInputError
+from scfm.errors import ScfmInputError, disk_full_error
 from scfm.io.download import hash_file
 from scfm.io.h5ad import MatrixReader, read_dataframe
 from scfm.provenance import created
@@ -257,8 +257,10 @@ def shard_dataset(
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if full := disk_full_error(exc, out_dir):  # pyarrow's ENOSPC names no file
+            raise full from exc
         raise
     log.info(
         "%s: %d cells in %d shards (%s)",
