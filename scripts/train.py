@@ -7,13 +7,14 @@ from pathlib import Path
 
 import _scfm_path  # noqa: F401 - makes this checkout's src/ importable in any env
 
+from scfm.atomic import write_text_atomic
 from scfm.registry import register_outputs
 from scfm.train.launch import launch_command
 
 out = Path(snakemake.params.out)
 out.mkdir(parents=True, exist_ok=True)
-(out / "run.json").write_text(json.dumps(snakemake.params.run, indent=2))
-(out / "model.json").write_text(json.dumps(snakemake.params.model, indent=2))
+write_text_atomic(out / "run.json", json.dumps(snakemake.params.run, indent=2))
+write_text_atomic(out / "model.json", json.dumps(snakemake.params.model, indent=2))
 cmd = launch_command(
     out / "run.json",
     out / "model.json",
