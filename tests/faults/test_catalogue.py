@@ -7,8 +7,14 @@ field and what was expected, and that the stage's output directory holds nothing
 (no output, no temporary file). A few inputs are accepted with a warning; those cases check the
 warning and that the output was written.
 
-``python tests/faults/test_catalogue.py --markdown`` prints the table of docs/robustness.md;
-:func:`test_doc_lists_every_case` keeps the doc in step with the cases.
+``python tests/faults/test_catalogue.py --markdown`` regenerates the catalogue table of
+docs/robustness.md: only the text between the ``<!-- catalogue:start -->`` and
+``<!-- catalogue:end -->`` markers is replaced, the hand-written sections before and after them
+are kept. The doc is checked against the cases: :func:`test_bad_input` compares each case's row
+(its exact, normalised message) with the doc's, and :func:`test_doc_catalogue_is_generated`
+checks that the block between the markers holds the header and one row per case, in order,
+and nothing else. Messages are normalised by :func:`placeholders` (``<file>``, ``<tmp>``), and
+no case's message may depend on the length of the temporary directory's path.
 """
 
 from __future__ import annotations
@@ -42,6 +48,12 @@ from scfm.errors import ScfmConfigError, ScfmInputError
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "robustness.md"
+START, END = "<!-- catalogue:start -->", "<!-- catalogue:end -->"
+REGENERATE = "python tests/faults/test_catalogue.py --markdown"
+HEADER = [
+    "| stage | malformed input | exact error message | test id |",
+    "|---|---|---|---|",
+]
 BINNED = {"kind": "binned", "n_bins": 7, "max_len": 24, "genes": "nonzero", "target_sum": 1e4}
 N_CELLS, N_GENES = 12, 6
 
@@ -417,8 +429,15 @@ def remove_shard(corpus: Path) -> Path:
 
 
 def corrupt_manifest(corpus: Path) -> Path:
+    """Cut the manifest inside the first shard's sha256.
+
+    Everything before that point is free of paths (the manifest's dataset ``source`` is an
+    absolute path and comes later), so the decoder's ``(char N)`` does not depend on where the
+    temporary directory is.
+    """
     manifest = corpus / "manifest.json"
-    manifest.write_text(manifest.read_text()[:-40])
+    text = manifest.read_text()
+    manifest.write_text(text[: text.index('"sha256"') + 20])
     return manifest
 
 
@@ -806,6 +825,7 @@ def test_bad_input(case: Case, tmp_path: Path, cache: Path) -> None:
         assert outcome.leftovers and not [p for p in outcome.leftovers if ".tmp" in p]
         if case.match:
             assert any(re.search(case.match, w) for w in outcome.warnings), outcome.warnings
+        assert_doc_row(case, call, outcome, ctx)
         return
     err = outcome.error
     assert type(err) is case.error, f"{case.id}: {err!r}"
@@ -821,32 +841,113 @@ def test_bad_input(case: Case, tmp_path: Path, cache: Path) -> None:
         assert f"{case.field}:" in text  # the key path
         assert re.search(case.expected, text), text  # what was expected
     assert outcome.leftovers == [], f"{case.id}: left {outcome.leftovers} in {call.out}"
+    assert_doc_row(case, call, outcome, ctx)
 
 
-def test_doc_lists_every_case() -> None:
-    doc = DOC.read_text()
-    rows = {}
-    for line in doc.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 4 and cells[3].startswith("`"):
-            rows[cells[3].strip("`")] = cells[2]
-    assert sorted(rows) == sorted(c.id for c in CASES)
+def assert_doc_row(case: Case, call: Call, outcome: Outcome, ctx: Ctx) -> None:
+    """docs/robustness.md has this case's row with the message the case gives now."""
+    now = row(case, message(case, call, outcome, ctx))
+    documented = doc_rows(DOC.read_text()).get(case.id)
+    assert documented == now, (
+        f"{DOC.relative_to(REPO)} is stale for {case.id}:\n  doc: {documented}\n  now: {now}\n"
+        f"regenerate it with {REGENERATE}"
+    )
+
+
+def row(case: Case, text: str) -> str:
+    """The catalogue row of ``case`` whose (normalised) message is ``text``."""
+    cell = "<br>".join(f"`{part}`" for part in text.replace("|", "\\|").splitlines())
+    return f"| {case.stage} | {case.malformed} | {cell} | `{case.id}` |"
 
 
 def markdown(cache: Path) -> str:
     """The catalogue table: stage | malformed input | exact message | test id."""
-    lines = [
-        "| stage | malformed input | exact error message | test id |",
-        "|---|---|---|---|",
-    ]
+    lines = list(HEADER)
     for case in CASES:
         with tempfile.TemporaryDirectory() as tmp:
             ctx = Ctx(Path(tmp), cache)
             call, outcome = run_case(case, ctx)
-            text = message(case, call, outcome, ctx)
-        cell = "<br>".join(f"`{part}`" for part in text.replace("|", "\\|").splitlines())
-        lines.append(f"| {case.stage} | {case.malformed} | {cell} | `{case.id}` |")
+            lines.append(row(case, message(case, call, outcome, ctx)))
     return "\n".join(lines) + "\n"
+
+
+def _markers(doc: str) -> tuple[int, int]:
+    """Offsets of the start marker and of the end marker in ``doc``; each must be there once."""
+    for mark in (START, END):
+        if doc.count(mark) != 1:
+            raise ValueError(
+                f"{DOC}: {doc.count(mark)} {mark!r} marker(s); expected exactly one "
+                f"{START!r} and one {END!r} around the catalogue table (if the doc was "
+                f"overwritten by redirecting {REGENERATE!r} into it, restore it with git)"
+            )
+    start, end = doc.index(START), doc.index(END)
+    if end < start:
+        raise ValueError(f"{DOC}: end marker {END!r} comes before start marker {START!r}")
+    return start, end
+
+
+def catalogue_block(doc: str) -> str:
+    """The generated table between the markers of ``doc`` (without the blank lines around it)."""
+    start, end = _markers(doc)
+    return doc[start + len(START) : end].strip("\n") + "\n"
+
+
+def splice(doc: str, table: str) -> str:
+    """``doc`` with the text between its markers replaced by ``table``; the rest kept as is."""
+    start, end = _markers(doc)
+    return f"{doc[: start + len(START)]}\n\n{table.strip(chr(10))}\n\n{doc[end:]}"
+
+
+def doc_rows(doc: str) -> dict[str, str]:
+    """Catalogue rows of ``doc`` by test id (the last cell)."""
+    rows: dict[str, str] = {}
+    for line in catalogue_block(doc).splitlines()[len(HEADER) :]:
+        match = re.search(r"\| `([^`|]+)` \|$", line)
+        rows[match.group(1) if match else line] = line
+    return rows
+
+
+def test_doc_catalogue_is_generated() -> None:
+    """Between the markers: the header, then one row per case in CASES order, nothing else.
+
+    Each row's message is compared with what the case gives now by test_bad_input; together
+    the two make the block exactly what ``markdown()`` writes.
+    """
+    doc = DOC.read_text()
+    block = catalogue_block(doc).splitlines()
+    assert block[: len(HEADER)] == HEADER, f"{DOC}: table header changed; run {REGENERATE}"
+    ids = list(doc_rows(doc))
+    assert ids == [c.id for c in CASES], (
+        f"{DOC}: the catalogue rows are not the cases of {Path(__file__).name}, in order "
+        f"(missing: {sorted({c.id for c in CASES} - set(ids))}, "
+        f"extra: {sorted(set(ids) - {c.id for c in CASES})}); run {REGENERATE}"
+    )
+    assert splice(doc, catalogue_block(doc)) == doc  # regenerating changes the table only
+
+
+def test_regenerating_keeps_hand_written_sections() -> None:
+    doc = (
+        "# T\n\nintro\n\n" + START + "\n\n| old |\n\n" + END + "\n\n"
+        "## Security review\n\nsee security.md\n\n## Fault injection\n\nlater\n"
+    )
+    new = splice(doc, "| stage |\n|---|\n| new |\n")
+    assert new == doc.replace("| old |", "| stage |\n|---|\n| new |")
+    assert catalogue_block(new) == "| stage |\n|---|\n| new |\n"
+    assert splice(new, catalogue_block(doc)) == doc
+    swapped = doc.replace(START, "@").replace(END, START).replace("@", END)
+    for broken in (doc.replace(END, ""), doc + START, swapped):
+        with pytest.raises(ValueError, match="marker"):
+            splice(broken, "| x |\n")
+
+
+def regenerate(cache: Path, *, write: bool) -> str:
+    """docs/robustness.md with a fresh catalogue; written in place (atomically) if ``write``."""
+    doc = splice(DOC.read_text(), markdown(cache))
+    if write:
+        tmp = DOC.with_name(f".{DOC.name}.tmp")
+        tmp.write_text(doc)
+        tmp.replace(DOC)
+    return doc
 
 
 if __name__ == "__main__":
@@ -868,6 +969,10 @@ if __name__ == "__main__":
                     if isinstance(e, ScfmInputError):
                         print("   field:", e.field, "| expected:", e.expected)
                     print("   leftovers:", out.leftovers, "warn:", [w[:200] for w in out.warnings])
-    elif "--markdown" in sys.argv:
+    elif "--markdown" in sys.argv:  # --stdout: print the document instead of writing it
         with tempfile.TemporaryDirectory() as cache_dir:
-            print(markdown(Path(cache_dir)), end="")
+            text = regenerate(Path(cache_dir), write="--stdout" not in sys.argv)
+        if "--stdout" in sys.argv:
+            print(text, end="")
+        else:
+            print(f"wrote {DOC.relative_to(REPO)} ({len(CASES)} cases)", file=sys.stderr)
