@@ -1010,6 +1010,10 @@ class CorpusLoader:
             collate_fn=_as_is,  # batches are ready; default_convert would walk every obs string
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
+            # each iterator draws a base seed; from the global RNG that draw would shift the
+            # training's torch stream by how often loaders were started (a resumed run starts
+            # one more). Batches do not use it: their randomness comes from config.seed.
+            generator=torch.Generator().manual_seed(epoch),
         )
         for batch in loader:
             done += 1
