@@ -11,6 +11,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from scfm.errors import disk_full_error
+
 
 def _current_umask() -> int:
     mask = os.umask(0)
@@ -87,8 +89,11 @@ def atomic_path(final: str | os.PathLike[str], *, suffix: str | None = None) -> 
     try:
         yield tmp_path
         tmp_path.replace(final)
-    except BaseException:
+    except BaseException as exc:
         tmp_path.unlink(missing_ok=True)
+        full = disk_full_error(exc, final)  # h5py and write() name no final output
+        if full is not None and full is not exc:
+            raise full from exc
         raise
 
 
