@@ -151,3 +151,71 @@ def test_cli_validate_config(tmp_path, capsys):
     bad.write_text("datasets: {a: {source: demo, demo: pbmc68k, sourc: x}}\n")
     assert main(["validate-config", str(bad)]) == 2
     assert "datasets.a.sourc: unknown key" in capsys.readouterr().err
+
+
+def _bench(**bench):
+    return {"datasets": {"a": DEMO}, "benchmarks": {"e": {"dataset": "a", **bench}}}
+
+
+FM = {"kind": "precomputed", "path": "fm.h5ad"}
+
+
+@pytest.mark.parametrize(
+    ("bench", "expected"),
+    [
+        (
+            {"methods": ["pca", "fm"]},
+            "benchmarks.e.methods[1]: 'fm' is neither a baseline, a run nor an external method",
+        ),
+        (
+            {"methods": ["pca"], "external": {"fm": FM}},
+            "benchmarks.e.external.fm: defined but not scored; expected 'fm' in benchmarks.e.meth",
+        ),
+        (
+            {"methods": ["pca"], "external": {"pca": FM}},
+            "benchmarks.e.external.pca: the name is taken by a baseline",
+        ),
+        (
+            {"methods": ["fm"], "external": {"fm": {"kind": "precomputed"}}},
+            "benchmarks.e.external.fm: 'path' is a required property",
+        ),
+        (
+            {
+                "methods": ["fm"],
+                "external": {"fm": {"kind": "command", "command": "x", "path": "y"}},
+            },
+            "benchmarks.e.external.fm.path: not used by kind 'command'; expected command only",
+        ),
+        (
+            {"methods": ["fm"], "external": {"fm": {**FM, "kind": "docker"}}},
+            "benchmarks.e.external.fm.kind: 'docker' is not allowed",
+        ),
+    ],
+)
+def test_external_methods_are_checked_before_any_job(bench, expected):
+    problems = errors_of(_bench(**bench))
+    assert any(expected in p for p in problems), problems
+
+
+def test_external_method_width_must_agree_across_sets():
+    config = _bench(methods=["fm"], external={"fm": {**FM, "n_dims": 512}})
+    config["benchmarks"]["f"] = {
+        "dataset": "a",
+        "methods": ["fm"],
+        "external": {"fm": {**FM, "n_dims": 256}},
+    }
+    problems = errors_of(config)
+    assert any(
+        "benchmarks.f.external.fm.n_dims: 256, but benchmarks.e.external.fm.n_dims is 512" in p
+        for p in problems
+    ), problems
+    config["benchmarks"]["f"]["external"]["fm"]["n_dims"] = 512
+    out = validate_config(config)
+    assert out["benchmarks"]["e"]["external"]["fm"] == {
+        **FM,
+        "n_dims": 512,
+        "obsm_key": None,
+        "cell_id": None,
+        "allow_extra_cells": False,
+        "threads": 2,
+    }

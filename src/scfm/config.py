@@ -301,7 +301,7 @@ BASELINES = ("pca", "hvg", "scvi", "random", "lsi")
 
 
 def _benchmark_references(config: Mapping[str, Any]) -> list[str]:
-    """Evaluation sets must name an RNA dataset and methods that are baselines or runs."""
+    """Evaluation sets must name an RNA dataset and methods that are baselines, runs or external."""
     problems = []
     datasets = config.get("datasets") or {}
     runs = config.get("runs") or {}
@@ -311,6 +311,7 @@ def _benchmark_references(config: Mapping[str, Any]) -> list[str]:
                 f"runs.{name}: the name is taken by a benchmark baseline; expected a name other "
                 f"than {', '.join(BASELINES)}"
             )
+    widths: dict[str, tuple[int, str]] = {}  # external method -> (n_dims, first set naming it)
     for name, bench in (config.get("benchmarks") or {}).items():
         if not isinstance(bench, dict):
             continue
@@ -320,11 +321,41 @@ def _benchmark_references(config: Mapping[str, Any]) -> list[str]:
                 f"benchmarks.{name}.dataset: {ds!r} is not a dataset; expected one of: "
                 f"{', '.join(datasets)}"
             )
-        for i, method in enumerate(bench.get("methods") or []):
-            if method not in BASELINES and method not in runs:
+        external = bench.get("external") or {}
+        methods = bench.get("methods") or []
+        for i, method in enumerate(methods):
+            if method not in BASELINES and method not in runs and method not in external:
                 problems.append(
-                    f"benchmarks.{name}.methods[{i}]: {method!r} is neither a baseline nor a run; "
-                    f"expected one of: {', '.join([*BASELINES, *runs])}"
+                    f"benchmarks.{name}.methods[{i}]: {method!r} is neither a baseline, a run nor "
+                    f"an external method; expected one of: "
+                    f"{', '.join([*BASELINES, *runs, *external])}"
+                )
+        for method, spec in external.items():
+            where = f"benchmarks.{name}.external.{method}"
+            if not isinstance(spec, dict):
+                continue
+            other = {"precomputed": "command", "command": "path"}.get(spec.get("kind"))
+            if other in spec:
+                problems.append(
+                    f"{where}.{other}: not used by kind {spec['kind']!r}; expected "
+                    f"{'path' if other == 'command' else 'command'} only"
+                )
+            if method in BASELINES or method in runs:
+                kind = "baseline" if method in BASELINES else "run"
+                problems.append(f"{where}: the name is taken by a {kind}; expected another name")
+            elif method not in methods:
+                problems.append(
+                    f"{where}: defined but not scored; expected {method!r} in "
+                    f"benchmarks.{name}.methods"
+                )
+            dims = spec.get("n_dims")
+            if dims is None:
+                continue
+            first_dims, first_set = widths.setdefault(method, (dims, name))
+            if dims != first_dims:
+                problems.append(
+                    f"{where}.n_dims: {dims}, but benchmarks.{first_set}.external.{method}.n_dims "
+                    f"is {first_dims}; expected one width per method across evaluation sets"
                 )
     return problems
 

@@ -55,6 +55,24 @@ rule embed:
         "../../scripts/embed.py"
 
 
+rule external_embedding:
+    input:
+        unpack(get_external_input),
+    output:
+        h5ad="results/embed/{method}/{evalset}.h5ad",
+    log:
+        "logs/external_embedding/{method}/{evalset}.log",
+    wildcard_constraints:
+        method=EXTERNAL_RE,
+    conda:
+        "../../envs/bench.yaml"
+    threads: external_threads
+    params:
+        spec=external_spec,
+    script:
+        "../../scripts/external_embedding.py"
+
+
 rule scib:
     input:
         data="results/bench/{evalset}/data.h5ad",

@@ -262,6 +262,9 @@ BASELINE_NAMES = ["pca", "hvg", "scvi", "random", "lsi"]
 # results/embed/<method>/<evalset>.h5ad, told apart by these constraints.
 BASELINE_RE = "|".join(BASELINE_NAMES)
 RUN_RE = "|".join(re.escape(r) for r in RUNS) or NEVER
+# Rule `external_embedding` makes the embeddings of benchmarks.<set>.external methods.
+EXTERNAL_METHODS = sorted({m for b in BENCHMARKS.values() for m in b["external"]})
+EXTERNAL_RE = "|".join(re.escape(m) for m in EXTERNAL_METHODS) or NEVER
 
 
 def bench_cfg(wildcards):
@@ -284,6 +287,26 @@ def baseline_params(wildcards):
         "random": bench["random"],
     }
     return {"seed": bench["seed"], **extra.get(wildcards.method, {})}
+
+
+def external_spec(wildcards):
+    """benchmarks.<set>.external.<method>: how the job gets that method's embedding."""
+    return BENCHMARKS[wildcards.evalset]["external"][wildcards.method]
+
+
+def get_external_input(wildcards):
+    """The evaluation set, and a precomputed method's file (a changed file reruns the job)."""
+    spec = external_spec(wildcards)
+    inputs = {"data": f"results/bench/{wildcards.evalset}/data.h5ad"}
+    if spec["kind"] == "precomputed":
+        inputs["file"] = spec["path"]
+    return inputs
+
+
+def external_threads(wildcards):
+    """Threads of a command method (precomputed files need one)."""
+    spec = external_spec(wildcards)
+    return spec["threads"] if spec["kind"] == "command" else 1
 
 
 def get_run_model(wildcards):
