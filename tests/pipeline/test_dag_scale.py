@@ -145,6 +145,7 @@ def expected_jobs(config: dict) -> dict[str, int]:
         "shard": sum(len(c["datasets"]) for c in corpora.values()) * len(toks),
         "corpus_manifest": len(corpora) * len(toks),
         "train": len(runs),
+        "train_summary": 1 if runs else 0,
         # scATAC: one genome, peaks features; final targets are qc.h5ad, qc.png, tiles, genes
         "reference_genome": 1,
         "atac_peakset": 1,

@@ -142,6 +142,11 @@ def test_demo_runs_end_to_end(workdir, demo_run):
     assert metrics["step"].max() == 6 and {"train", "val"} <= set(metrics["split"])
     assert (run / "loss.png").stat().st_size > 5_000 and (run / "model.pt").exists()
     assert (workdir / "logs" / "train" / "t.log").stat().st_size > 0
+    # every run beside its trivial predictors, in one table for the report's Experiments section
+    summary = pd.read_csv(workdir / "results" / "train" / "summary.tsv", sep="\t")
+    assert list(summary["run"]) == ["t"] and list(summary["objective"]) == ["mse"]
+    assert {"trivial_global_mean", "trivial_per_gene_mean", "ratio", "plateau_step"} <= set(summary)
+    assert (workdir / "results" / "train" / "vs_trivial.png").stat().st_size > 5_000
     pbmc = ad.read_h5ad(workdir / "results" / "qc" / "pbmc_demo.h5ad")
     assert pbmc.var_names[0].startswith("ENSG")  # symbols were mapped through the gene table
     assert set(pbmc.obs["cell_type"]) >= {"CD14+ Monocyte", "CD19+ B"}

@@ -244,6 +244,8 @@ def get_final_outputs():
     runs = expand(
         ["results/train/{run}/model.pt", "results/train/{run}/loss.png"], run=list(RUNS)
     )
+    if RUNS:
+        runs += ["results/train/summary.tsv", "results/train/vs_trivial.png"]
     atac = expand(
         [
             "results/qc/{dataset}.h5ad",

@@ -25,3 +25,29 @@ rule train:
         out=subpath(output.model, parent=True),
     script:
         "../../scripts/train.py"
+
+
+rule train_summary:
+    input:
+        metrics=expand("results/train/{run}/metrics.tsv", run=list(RUNS)),
+    output:
+        tsv=report(
+            "results/train/summary.tsv",
+            caption="../report/train_summary_tsv.rst",
+            category="Experiments",
+            labels={"figure": "every run vs its trivial predictors (table)"},
+        ),
+        png=report(
+            "results/train/vs_trivial.png",
+            caption="../report/vs_trivial.rst",
+            category="Experiments",
+            labels={"figure": "every run vs its trivial predictors"},
+        ),
+    log:
+        "logs/train_summary.log",
+    conda:
+        "../../envs/train.yaml"
+    params:
+        runs=list(RUNS),
+    script:
+        "../../scripts/train_summary.py"
