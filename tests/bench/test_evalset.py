@@ -48,9 +48,9 @@ def test_prepare_writes_counts_keys_and_hvgs(tmp_path):
     assert light.X is None and light.obs.equals(got.obs) and light.var_names.equals(got.var_names)
 
 
-def test_subset_is_seeded_and_drops_unlabelled_cells(tmp_path):
+def test_subset_is_seeded_and_drops_cells_without_batch(tmp_path):
     adata = _counts()
-    adata.obs.loc[adata.obs_names[:10], "cell_type"] = np.nan
+    adata.obs.loc[adata.obs_names[:10], "batch"] = np.nan
     src = tmp_path / "qc.h5ad"
     adata.write_h5ad(src)
     kw = {"label_key": "cell_type", "batch_key": "batch", "max_cells": 100, "seed": 3}
@@ -58,7 +58,34 @@ def test_subset_is_seeded_and_drops_unlabelled_cells(tmp_path):
     b = prepare_evalset(src, tmp_path / "b.h5ad", **kw)
     c = prepare_evalset(src, tmp_path / "c.h5ad", **{**kw, "seed": 4})
     assert a.obs_names.equals(b.obs_names) and not a.obs_names.equals(c.obs_names)
-    assert a.n_obs <= 100 and not a.obs["cell_type"].isna().any()
+    assert a.n_obs <= 100 and not a.obs["batch"].isna().any()
+
+
+def test_unlabelled_cells_stay_missing_and_label_metrics_exclude_them(tmp_path, caplog):
+    """NaN and 'unknown' labels: kept as missing, counted, never scored as a cell type."""
+    from scfm.bench.jobs import EXCLUDED, annotation_job
+
+    adata = _counts()
+    adata.obs.loc[adata.obs_names[:10], "cell_type"] = np.nan
+    adata.obs.loc[adata.obs_names[10:15], "cell_type"] = "unknown"
+    src = tmp_path / "qc.h5ad"
+    adata.write_h5ad(src)
+    out = tmp_path / "data.h5ad"
+    prepare_evalset(src, out, label_key="cell_type", batch_key="batch", n_hvg=20)
+    got = read_evalset(out, counts=False)
+    assert got.n_obs == 300  # kept: embeddings and label-free metrics use them
+    assert got.obs["scfm_label"].isna().sum() == 15
+    assert set(got.obs["scfm_label"].cat.categories) == {"t0", "t1", "t2"}
+    assert got.uns["scfm_bench"]["n_unlabelled"] == 15
+    emb_path = tmp_path / "emb.h5ad"
+    rng = np.random.default_rng(0)
+    write_embedding(emb_path, got.obs, "X_r", rng.normal(size=(300, 4)))
+    with caplog.at_level("INFO", logger="scfm.bench"):
+        table = annotation_job(out, emb_path, tmp_path / "ann.tsv", method="r", n_splits=3)
+    assert (table[EXCLUDED] == 15).all()
+    written = pd.read_csv(tmp_path / "ann.tsv", sep="\t")
+    assert (written[EXCLUDED] == 15).all()
+    assert "annotation: 15 of 300 cells have no label and are excluded" in caplog.text
 
 
 def test_missing_key_names_the_column_and_writes_nothing(tmp_path):
