@@ -65,7 +65,7 @@ def check_input(path: PathLike, field: str, expected: str, *, directory: bool = 
 
 
 def same_file(a: PathLike, b: PathLike) -> str | None:
-    """How path ``a`` is the file ``b`` (``"the same path"``, ``"a symlink to it"``, ...).
+    """How path ``a`` is the file ``b`` (``"the same path"``, ``"a hard link: ..."``, ...).
 
     None if they are different files (or either does not exist and they resolve apart).
     """
@@ -74,10 +74,10 @@ def same_file(a: PathLike, b: PathLike) -> str | None:
         return "the same path"
     real_a, real_b = os.path.realpath(a), os.path.realpath(b)
     if real_a == real_b:
-        return f"the same file through a symlink (both resolve to {real_a})"
+        return f"through a symlink: both resolve to {real_a}"
     try:
         if Path(a).samefile(b):
-            return "the same file (a hard link: same device and inode)"
+            return "a hard link: same device and inode"
     except OSError:  # one of them does not exist (yet): not the same file
         pass
     return None
@@ -92,6 +92,7 @@ def check_outputs_not_inputs(
     ``"input"``) to a path; None entries are skipped. The error names the output, the input
     it would replace and how they are the same file.
     """
+    named = ", ".join(name for name, path in inputs.items() if path is not None)
     for out_name, out in outputs.items():
         if out is None:
             continue
@@ -105,5 +106,5 @@ def check_outputs_not_inputs(
                     out_name,
                     f"is the {in_name} file {Path(src)} ({how}); writing it would replace "
                     "that input",
-                    f"an output path that is none of the inputs ({', '.join(inputs)})",
+                    f"an output path that is none of the inputs ({named})",
                 )
