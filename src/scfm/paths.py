@@ -19,7 +19,7 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 
-from scfm.errors import ScfmInputError
+from scfm.errors import ScfmInputError, ScfmNotWritableError
 
 PathLike = str | os.PathLike[str]
 
@@ -108,3 +108,38 @@ def check_outputs_not_inputs(
                     "that input",
                     f"an output path that is none of the inputs ({named})",
                 )
+
+
+def check_writable_dirs(roots: list[PathLike], *, depth: int = 2) -> None:
+    """Stop before any job if an output directory (or one below it) cannot be written.
+
+    ``roots`` are the pipeline's output trees (``results``, ``resources``, ``logs``); each
+    existing directory down to ``depth`` levels below them is checked, and a root that does
+    not exist yet needs a writable parent. Snakemake would otherwise fail inside its own code
+    (creating a log file: an internal traceback) or the job would fail on a temporary name.
+    """
+    for root in map(Path, roots):
+        if not root.exists():
+            parent = root.resolve().parent
+            if not os.access(parent, os.W_OK):
+                raise ScfmNotWritableError(parent, output=root, code=_access_errno(parent))
+            continue
+        level = [root]
+        for _ in range(depth + 1):
+            below: list[Path] = []
+            for directory in level:
+                if not os.access(directory, os.W_OK):
+                    raise ScfmNotWritableError(
+                        directory.absolute(), code=_access_errno(directory)
+                    )
+                with os.scandir(directory) as entries:
+                    below += [Path(e.path) for e in entries if e.is_dir(follow_symlinks=False)]
+            level = below
+
+
+def _access_errno(directory: Path) -> int:
+    """EROFS on a read-only file system, else EACCES."""
+    try:
+        return errno.EROFS if os.statvfs(directory).f_flag & os.ST_RDONLY else errno.EACCES
+    except OSError:
+        return errno.EACCES

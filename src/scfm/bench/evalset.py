@@ -153,7 +153,12 @@ def prepare_evalset(
 
     adata.X = sp.csr_matrix(adata.X)
     hvg, hvg_record = highly_variable_by_batch(
-        adata, n_hvg, "scfm_batch", min_batch_cells=hvg_min_batch_cells, path=qc_h5ad
+        adata,
+        n_hvg,
+        "scfm_batch",
+        min_batch_cells=hvg_min_batch_cells,
+        path=qc_h5ad,
+        shown_key=batch_key,
     )
     adata.var["highly_variable"] = hvg
     adata.uns["scfm_bench"] = {
@@ -213,6 +218,7 @@ def highly_variable_by_batch(
     *,
     min_batch_cells: int = HVG_MIN_BATCH_CELLS,
     path: str | Path = "<AnnData>",
+    shown_key: str | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """``n_top`` HVGs by seurat_v3 per batch; batches below ``min_batch_cells`` are pooled.
 
@@ -224,6 +230,7 @@ def highly_variable_by_batch(
     the evaluation set's ``uns["scfm_bench"]["hvg"]``): ``batch_key`` (``"none"`` when pooled
     whole), ``min_batch_cells``, ``pooled_batches`` (names) and ``n_groups``.
     """
+    shown_key = shown_key or batch_key  # the configured column, in the record and errors
     batches = adata.obs[batch_key].astype(str)
     sizes = batches.value_counts()
     small = sorted(str(b) for b in sizes.index[sizes < min_batch_cells])
@@ -234,7 +241,7 @@ def highly_variable_by_batch(
         groups = None
     record: dict[str, Any] = {
         "flavor": "seurat_v3",
-        "batch_key": "none" if groups is None else batch_key,
+        "batch_key": "none" if groups is None else shown_key,
         "min_batch_cells": int(min_batch_cells),
         "pooled_batches": small,
         "n_groups": 1 if groups is None else int(groups.nunique()),
@@ -252,18 +259,42 @@ def highly_variable_by_batch(
             if whole
             else f"pooled into one group of {n_pooled} cells for the per-batch fit",
         )
+
+    def fail(reason: str) -> ScfmInputError:
+        return ScfmInputError(
+            path,
+            f"obs[{shown_key!r}]",
+            f"seurat_v3 HVG selection failed ({reason}); cells per batch: "
+            + ", ".join(f"{b}={n}" for b, n in sizes.sort_index().items()),
+            "larger batches; batches below benchmarks.<name>.hvg_min_batch_cells "
+            f"(now {min_batch_cells}) are pooled for the fit, raise it",
+        )
+
+    if n_top < adata.n_vars:
+        # loess on (almost) no points crashes the process (a segfault in scikit-misc), so a
+        # group in which (almost) no gene varies is refused before the fit
+        labels = groups if groups is not None else pd.Series("all cells", index=batches.index)
+        for group, rows in labels.groupby(labels).indices.items():
+            n_varying = _n_varying_genes(adata.X[rows])
+            if n_varying < _MIN_VARYING_GENES:
+                raise fail(f"in group {group!r} only {n_varying} gene(s) vary across its cells")
     try:
         mask = highly_variable(adata, n_top, groups)
     except Exception as exc:  # scanpy/loess errors on degenerate batches
-        raise ScfmInputError(
-            path,
-            f"obs[{batch_key!r}]",
-            f"seurat_v3 HVG selection failed ({type(exc).__name__}: {exc}); cells per batch: "
-            + ", ".join(f"{b}={n}" for b, n in sizes.items()),
-            "larger batches; batches below benchmarks.<name>.hvg_min_batch_cells "
-            f"(now {min_batch_cells}) are pooled for the fit, raise it",
-        ) from exc
+        raise fail(f"{type(exc).__name__}: {exc}") from exc
     return mask, record
+
+
+#: Fewer varying genes in a group than this and seurat_v3's loess cannot be fitted.
+_MIN_VARYING_GENES = 10
+
+
+def _n_varying_genes(x: Any) -> int:
+    """Genes whose count is not the same in every row of ``x``."""
+    x = sp.csr_matrix(x, dtype=np.float64)
+    mean = np.asarray(x.mean(axis=0)).ravel()
+    mean_sq = np.asarray(x.multiply(x).mean(axis=0)).ravel()
+    return int((mean_sq - mean**2 > 1e-12 * np.maximum(mean_sq, 1)).sum())
 
 
 def highly_variable(adata: ad.AnnData, n_top: int, groups: pd.Series | None) -> np.ndarray:

@@ -87,9 +87,7 @@ def is_legacy_dataframe(path: str | Path, group: str = "obs") -> bool:
         return isinstance(f.get(group), h5py.Dataset)
 
 
-def _legacy_dataframe(
-    path: str | Path, group: str, columns: Sequence[str] | None
-) -> pd.DataFrame:
+def _legacy_dataframe(path: str | Path, group: str, columns: Sequence[str] | None) -> pd.DataFrame:
     """obs/var/raw.var of an h5ad written by anndata < 0.7, read by anndata itself.
 
     Those files store a dataframe as one compound HDF5 dataset (the index as its first field,
