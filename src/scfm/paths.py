@@ -129,9 +129,7 @@ def check_writable_dirs(roots: list[PathLike], *, depth: int = 2) -> None:
             below: list[Path] = []
             for directory in level:
                 if not os.access(directory, os.W_OK):
-                    raise ScfmNotWritableError(
-                        directory.absolute(), code=_access_errno(directory)
-                    )
+                    raise ScfmNotWritableError(directory.absolute(), code=_access_errno(directory))
                 with os.scandir(directory) as entries:
                     below += [Path(e.path) for e in entries if e.is_dir(follow_symlinks=False)]
             level = below
