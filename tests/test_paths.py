@@ -116,3 +116,16 @@ def test_writable_trees_pass(tmp_path: Path, monkeypatch) -> None:
     (tmp_path / "results" / "qc").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
     check_writable_dirs(["results", "resources", "logs"])  # missing ones: the parent counts
+
+
+def test_config_file_that_is_a_fifo_is_refused_not_read(tmp_path: Path, capsys) -> None:
+    from scfm.cli import main
+    from scfm.config import load_config
+    from scfm.errors import ScfmConfigError
+
+    fifo = tmp_path / "config.yaml"
+    os.mkfifo(fifo)  # reading it would block forever
+    with pytest.raises(ScfmConfigError, match=r"the config file is a FIFO \(named pipe\)"):
+        load_config(fifo)
+    assert main(["validate-config", str(tmp_path / "missing.yaml")]) == 2
+    assert "the config file does not exist; expected a YAML file" in capsys.readouterr().err

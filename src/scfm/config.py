@@ -378,6 +378,10 @@ def _benchmark_references(config: Mapping[str, Any]) -> list[str]:
 def load_config(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file and validate it (see :func:`validate_config`)."""
     path = Path(path)
+    problem = input_problem(path)  # a FIFO would block read_text() forever
+    if problem is not None:
+        problems = [f"the config file {problem}; expected a YAML file"]
+        raise ScfmConfigError(problems, source=str(path))
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

@@ -133,6 +133,14 @@ def embed_file(
     try:
         emb, report = _embed(adata, model, batch_size, dev, chunk_cells, False, str(input_h5ad))
         obs = adata.obs.copy()
+        if not obs.index.is_unique:  # the output joins the input by obs_names
+            log.warning(
+                "%s: %d duplicated obs_names, e.g. %s: the embedding's rows follow the input's "
+                "order, but a join by obs_names is ambiguous for those cells",
+                input_h5ad,
+                int(obs.index.duplicated().sum()),
+                [str(c) for c in obs.index[obs.index.duplicated()][:3]],
+            )
     finally:
         adata.file.close()
     record = {

@@ -203,6 +203,7 @@ def _inverse_medians(path: Path, gene_stats: str | Path | None, vocab: Vocab) ->
             "gene_stats= (CLI --gene-stats) naming results/corpus/<corpus>/gene_stats.tsv",
         )
     stats = Path(gene_stats)
+    check_input(stats, "file", "a gene_stats.tsv (token_id, token, ...)")  # not a FIFO
     try:
         table = pd.read_csv(stats, sep="\t", dtype={"token": str}, keep_default_na=False)
         ids, tokens = table["token_id"].to_numpy(), table["token"].astype(str).tolist()

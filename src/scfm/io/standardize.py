@@ -235,6 +235,13 @@ def standardize(
             obs_keep=settings["obs_keep"],
         )
         if obs.index.has_duplicates:
+            n_dup = int(obs.index.duplicated().sum())
+            log.warning(
+                "%s: %d duplicated cell name(s), e.g. %s: suffixes -1, -2, ... added",
+                dataset,
+                n_dup,
+                [str(c) for c in obs.index[obs.index.duplicated()][:3]],
+            )
             obs.index = pd.Index(_unique(obs.index))
         if len(obs) == 0 or len(var) == 0:
             raise ScfmInputError(
