@@ -114,7 +114,7 @@ def prepare_evalset(
     if not keep.all():
         adata = adata[keep].copy()
     # cells without a label stay (embeddings, batch mixing plots, masked prediction use them);
-    # label-based metrics leave them out and say how many (see unlabelled())
+    # label-based metrics leave them out and say how many (see labelled_cells())
     label = missing_labels(adata.obs[label_key])
     n_unlabelled = int(label.isna().sum())
     if adata.n_obs == n_unlabelled:
