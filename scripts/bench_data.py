@@ -17,5 +17,6 @@ prepare_evalset(
     max_cells=bench["max_cells"],
     seed=bench["seed"],
     n_hvg=bench["n_hvg"],
+    hvg_min_batch_cells=bench["hvg_min_batch_cells"],
     name=snakemake.wildcards.evalset,
 )

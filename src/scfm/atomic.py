@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from scfm.errors import disk_full_error
+from scfm.errors import disk_full_error, not_writable_error
 
 
 def _current_umask() -> int:
@@ -74,13 +74,14 @@ def atomic_path(final: str | os.PathLike[str], *, suffix: str | None = None) -> 
     systems. On any exception the temporary file is removed and ``final`` is left untouched.
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale(final, "file")
     # always ".tmp" first: clean_stale recognises the name; the extension stays last for tools
     # that go by it
     if not (suffix or "").startswith(".tmp"):
         suffix = f".tmp{suffix or final.suffix}"
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix, dir=final.parent)
+    with _writable(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale(final, "file")
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix, dir=final.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     # mkstemp creates mode 0600; give the result the mode a plain open() would (shared
@@ -105,10 +106,28 @@ def temp_dir_beside(final: str | os.PathLike[str], *, spill: bool = False) -> Pa
     on an exception it must remove it.
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale(final, "spill" if spill else "dir")
     prefix = f".{final.name}.spill." if spill else f".{final.name}."
-    return Path(tempfile.mkdtemp(prefix=prefix, dir=final.parent))
+    with _writable(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale(final, "spill" if spill else "dir")
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=final.parent))
+
+
+@contextlib.contextmanager
+def _writable(final: Path) -> Iterator[None]:
+    """A read-only or forbidden output directory as ScfmNotWritableError naming it.
+
+    Otherwise the error names a temporary file the user never asked for.
+    """
+    try:
+        yield
+    except OSError as exc:
+        # the directory that refused: the output's own, or the deepest one mkdir reached
+        directory = next((p for p in final.parents if p.exists()), final.parent)
+        err = not_writable_error(exc, directory, final)
+        if err is not None and err is not exc:
+            raise err from exc
+        raise
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:

@@ -18,6 +18,7 @@ import jsonschema
 import yaml
 
 from scfm.errors import ScfmConfigError
+from scfm.paths import input_problem
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -283,6 +284,7 @@ def _cross_references(config: Mapping[str, Any]) -> list[str]:
                 f"{run.get('tokenizer')!r}; add it to corpora.{run.get('corpus')}.{key}"
             )
     problems += _benchmark_references(config)
+    problems += _local_path_kinds(config)
     for name, tok in tokenizers.items():
         if (
             isinstance(tok, dict)
@@ -293,6 +295,50 @@ def _cross_references(config: Mapping[str, Any]) -> list[str]:
                 f"tokenizers.{name}.genes: rank encoding orders the expressed genes; "
                 "expected 'nonzero'"
             )
+    return problems
+
+
+def _local_path_kinds(config: Mapping[str, Any]) -> list[str]:
+    """Local input paths that can never be read: FIFOs, devices, sockets, symlink loops.
+
+    Checked at start-up so that the run stops with the key path instead of a job that hangs
+    on a FIFO or Snakemake's "missing input" for a symlink loop. A path that does not exist
+    (yet) is left to the job that reads it.
+    """
+    found: list[tuple[str, Any, bool]] = []
+    for name, ds in (config.get("datasets") or {}).items():
+        if isinstance(ds, dict) and ds.get("source") == "local":
+            found.append((f"datasets.{name}.path", ds.get("path"), True))  # 10x directories
+    for org, ref in (config.get("references") or {}).items():
+        if not isinstance(ref, dict):
+            continue
+        genome = ref.get("genome") or {}
+        found += [
+            (f"references.{org}.genes.path", (ref.get("genes") or {}).get("path"), False),
+            (f"references.{org}.genome.chrom_sizes", genome.get("chrom_sizes"), False),
+            (
+                f"references.{org}.genome.annotation.path",
+                (genome.get("annotation") or {}).get("path"),
+                False,
+            ),
+        ]
+    for name, corpus in (config.get("corpora") or {}).items():
+        if isinstance(corpus, dict):
+            found.append(
+                (
+                    f"corpora.{name}.vocab.genes_file",
+                    (corpus.get("vocab") or {}).get("genes_file"),
+                    False,
+                )
+            )
+    problems = []
+    for key, path, directory in found:
+        if not isinstance(path, str) or not path:
+            continue
+        problem = input_problem(Path(path).expanduser(), directory=directory)
+        if problem is not None and problem != "does not exist":
+            what = "a regular file or a 10x directory" if directory else "a regular file"
+            problems.append(f"{key}: {path} {problem}; expected {what}")
     return problems
 
 
@@ -363,6 +409,10 @@ def _benchmark_references(config: Mapping[str, Any]) -> list[str]:
 def load_config(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file and validate it (see :func:`validate_config`)."""
     path = Path(path)
+    problem = input_problem(path)  # a FIFO would block read_text() forever
+    if problem is not None:
+        problems = [f"the config file {problem}; expected a YAML file"]
+        raise ScfmConfigError(problems, source=str(path))
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

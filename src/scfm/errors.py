@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import re
 import shutil
 from os import PathLike
@@ -81,6 +82,48 @@ class ScfmDiskFullError(OSError):
 
     def __str__(self) -> str:
         return self.strerror
+
+
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+class ScfmNotWritableError(OSError):
+    """An output directory cannot be written (read-only file system, no permission).
+
+    ``filename`` is the directory; the message names it, the output that was to be written
+    there and the reason.
+    """
+
+    def __init__(
+        self,
+        directory: str | PathLike[str],
+        *,
+        output: str | PathLike[str] | None = None,
+        code: int = errno.EACCES,
+    ) -> None:
+        self.directory = str(directory)
+        reason = os.strerror(code)
+        what = f"cannot write {output}: its" if output is not None else "the"
+        msg = (
+            f"{what} output directory {self.directory} is not writable ({reason}); expected a "
+            "writable directory (check its permissions or mount, or run from a writable "
+            "working directory)"
+        )
+        super().__init__(code, msg, self.directory)
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def not_writable_error(
+    exc: BaseException, directory: str | PathLike[str], output: str | PathLike[str] | None = None
+) -> ScfmNotWritableError | None:
+    """A :class:`ScfmNotWritableError` for ``exc`` if it is EACCES/EPERM/EROFS, else None."""
+    if isinstance(exc, ScfmNotWritableError):
+        return exc
+    if isinstance(exc, OSError) and exc.errno in _NOT_WRITABLE:
+        return ScfmNotWritableError(directory, output=output, code=exc.errno)
+    return None
 
 
 def disk_full_error(

@@ -3,9 +3,10 @@
 Every case builds a small bad input under a temporary directory, makes the call a rule's
 script makes on it (``load_config``, ``standardize``, ``fragments``, ``merge_manifests``,
 ``train``, ``embed_file``, ``prepare_evalset``) and checks that the error names the file, the
-field and what was expected, and that the stage's output directory holds nothing afterwards
-(no output, no temporary file). A few inputs are accepted with a warning; those cases check the
-warning and that the output was written.
+field and what was expected, that the stage's output directory holds nothing afterwards (no
+output, no temporary file) and that every input file is byte-identical (:func:`input_digests`).
+A few inputs are accepted with a warning; those cases check the warning and that the output
+was written.
 
 ``python tests/faults/test_catalogue.py --markdown`` regenerates the catalogue table of
 docs/robustness.md: only the text between the ``<!-- catalogue:start -->`` and
@@ -44,7 +45,7 @@ if __name__ == "__main__":  # script mode: make tests/_simcorpus.py importable a
 
 from _simcorpus import one_dataset_corpus, simulated
 
-from scfm.errors import ScfmConfigError, ScfmInputError
+from scfm.errors import ScfmConfigError, ScfmInputError, ScfmNotWritableError
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "robustness.md"
@@ -68,6 +69,7 @@ class Call:
     run: Callable[[], Any]
     file: Path | str  # the file (or directory) the error must name
     out: Path  # the stage's output directory: must hold nothing after a failure
+    cleanup: Callable[[], Any] | None = None  # undoes what the builder set up (a mount)
 
 
 @dataclass(frozen=True)
@@ -539,6 +541,233 @@ def set_obs(column: str, values: Any) -> Callable[[pd.DataFrame], None]:
     return edit
 
 
+# ---- builders of the issue-14 cases (outputs that are inputs, non-regular files, ...)
+
+
+def _embed_inputs(ctx: Ctx) -> tuple[Path, Path]:
+    """model.pt and a private copy of the corpus' h5ad under ``<tmp>/in``."""
+    corpus = ctx.corpus()
+    data = ctx.tmp / "in" / "x.h5ad"
+    data.parent.mkdir(parents=True)
+    shutil.copy(corpus / "a.h5ad", data)
+    return ctx.model(corpus), data
+
+
+def embed_onto_input(how: str) -> Callable[[Ctx], Call]:
+    """``scfm embed``'s call with an output that is the input (same path, symlink, hard link)."""
+
+    def build(ctx: Ctx) -> Call:
+        from scfm.embed import embed_file
+
+        model, data = _embed_inputs(ctx)
+        out = {
+            "same": ctx.tmp / "in" / "sub" / ".." / "x.h5ad",  # a different spelling
+            "symlink": ctx.tmp / "in" / "link.h5ad",
+            "hardlink": ctx.tmp / "in" / "hard.h5ad",
+        }[how]
+        (ctx.tmp / "in" / "sub").mkdir()
+        if how == "symlink":
+            out.symlink_to(data.name)
+        elif how == "hardlink":
+            out.hardlink_to(data)
+        return Call(lambda: embed_file(model, data, out, device="cpu"), out, ctx.out)
+
+    return build
+
+
+def embed_duplicate_genes(ctx: Ctx) -> Call:
+    from scfm.embed import embed_file
+
+    model, data = _embed_inputs(ctx)
+    adata = ad.read_h5ad(data)
+    adata.var_names = [adata.var_names[0], *adata.var_names[:-1]]
+    adata.write_h5ad(data)
+    out = ctx.out / "embed" / "e.h5ad"
+    return Call(lambda: embed_file(model, data, out, device="cpu"), data, ctx.out)
+
+
+def standardize_onto_input(ctx: Ctx) -> Call:
+    """Rule standardize whose output resolves to the local source file."""
+    from scfm.config import validate_config
+    from scfm.io.sources import fetch_dataset
+    from scfm.io.standardize import standardize
+
+    raw = write_h5ad(ctx.tmp / "in" / "d.h5ad")
+    ds = {"source": "local", "path": str(raw), "genes": {"id_type": "as_is"}}
+    cfg = validate_config({"datasets": {"d": ds}})["datasets"]["d"]
+    out = ctx.out / ".." / "in" / "d.h5ad"
+
+    def run() -> Any:
+        fetch_dataset("d", cfg, ctx.tmp / "raw" / "d")
+        return standardize(ctx.tmp / "raw" / "d" / "manifest.json", out, dataset="d", cfg=cfg)
+
+    return Call(run, out, ctx.out)
+
+
+def symbols_one_gene(ctx: Ctx) -> Call:
+    """Two symbols of the file (TP53, tp53) that the gene table maps to one Ensembl ID."""
+    from scfm.config import validate_config
+    from scfm.io.sources import fetch_dataset
+    from scfm.io.standardize import standardize
+
+    symbols = ["TP53", "tp53", "GAPDH", "ACTB", "CD3E", "MS4A1"]
+    raw = write_h5ad(ctx.tmp / "in" / "d.h5ad", var=symbols)
+    table = ctx.tmp / "in" / "genes.tsv"
+    ids = ["ENSG00000141510", "ENSG00000111640", "ENSG00000075624", "ENSG00000198851"]
+    rows = zip([*ids, "ENSG00000156738"], ["TP53", "GAPDH", "ACTB", "CD3E", "MS4A1"], strict=True)
+    table.write_text("gene_id\tgene_symbol\n" + "".join(f"{i}\t{g}\n" for i, g in rows))
+    ds = {"source": "local", "path": str(raw), "genes": {"id_type": "symbol"}}
+    refs = {"human": {"genes": {"path": str(table)}}}
+    cfg = validate_config({"datasets": {"d": ds}, "references": refs})["datasets"]["d"]
+
+    def run() -> Any:
+        fetch_dataset("d", cfg, ctx.tmp / "raw" / "d")
+        manifest = ctx.tmp / "raw" / "d" / "manifest.json"
+        return standardize(manifest, ctx.out / "d.h5ad", dataset="d", cfg=cfg, gene_table=table)
+
+    return Call(run, raw, ctx.out)
+
+
+def special_file(kind: str, ctx: Ctx) -> Path:
+    """A FIFO or a two-link symlink loop named ``<tmp>/in/d.h5ad``."""
+    import os
+
+    path = ctx.tmp / "in" / "d.h5ad"
+    path.parent.mkdir(parents=True)
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        (ctx.tmp / "in" / "e.h5ad").symlink_to(path.name)
+        path.symlink_to("e.h5ad")
+    return path
+
+
+def local_special(kind: str) -> Callable[[Ctx], Call]:
+    """Rule download on a local source that became a FIFO or a symlink loop after start-up.
+
+    (At start-up the config check stops it already: cases config-local-*.)
+    """
+
+    def build(ctx: Ctx) -> Call:
+        from scfm.config import validate_config
+        from scfm.io.sources import fetch_dataset
+
+        ds = {"source": "local", "path": str(ctx.tmp / "in" / "d.h5ad")}
+        cfg = validate_config({"datasets": {"d": ds}})["datasets"]["d"]  # does not exist yet
+        path = special_file(kind, ctx)
+        return Call(lambda: fetch_dataset("d", cfg, ctx.out / "raw" / "d"), path, ctx.out)
+
+    return build
+
+
+def config_special(kind: str) -> Callable[[Ctx], Call]:
+    """config.yaml whose local dataset path is a FIFO or a symlink loop (checked at start-up)."""
+
+    def build(ctx: Ctx) -> Call:
+        from scfm.config import load_config
+
+        path = special_file(kind, ctx)
+        cfg = {"datasets": {"a": {"source": "local", "path": str(path)}}}
+        config = ctx.tmp / "config" / "config.yaml"
+        config.parent.mkdir(parents=True)
+        config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        return Call(lambda: load_config(config), config, ctx.out)
+
+    return build
+
+
+def legacy_h5ad(sparse: bool) -> Callable[[Path], None]:
+    """Rewrite the file in anndata < 0.7's layout: obs/var compound datasets, no encodings."""
+
+    def edit(path: Path) -> None:
+        x = counts()
+        path.unlink()
+        with h5py.File(path, "w") as f:
+            if sparse:
+                m = sp.csr_matrix(x)
+                g = f.create_group("X")
+                g["data"], g["indices"], g["indptr"] = m.data, m.indices, m.indptr
+                g.attrs["h5sparse_format"] = "csr"
+                g.attrs["h5sparse_shape"] = np.array(m.shape)
+            else:
+                f["X"] = x
+            obs = np.zeros(N_CELLS, dtype=[("index", "S8"), ("cell_type", np.int8)])
+            obs["index"] = [f"c{i}".encode() for i in range(N_CELLS)]
+            obs["cell_type"] = [i % 2 for i in range(N_CELLS)]
+            f["obs"] = obs
+            var = np.zeros(N_GENES, dtype=[("index", "S16")])
+            var["index"] = [f"ENSG{i:011d}".encode() for i in range(1, N_GENES + 1)]
+            f["var"] = var
+            f.create_group("uns")["cell_type_categories"] = np.array([b"B", b"T"])
+
+    return edit
+
+
+def strip_attrs(group: str) -> Callable[[h5py.File], None]:
+    def edit(f: h5py.File) -> None:
+        for key in list(f[group].attrs):
+            del f[group].attrs[key]
+
+    return edit
+
+
+def evalset_batches(sizes: list[int], labels: list[str | None] | None = None):
+    """A builder: rule bench_data on a QC'd h5ad with batches of ``sizes`` cells."""
+
+    def build(ctx: Ctx) -> Call:
+        from scfm.bench.evalset import prepare_evalset
+
+        n = sum(sizes)
+        rng = np.random.default_rng(0)
+        x = rng.negative_binomial(2, rng.uniform(0.05, 0.9, 200), (n, 200))
+        obs = pd.DataFrame(
+            {
+                "cell_type": pd.Categorical(labels or [["T", "B"][i % 2] for i in range(n)]),
+                "batch": pd.Categorical(np.repeat([f"p{i:02d}" for i in range(len(sizes))], sizes)),
+            },
+            index=[f"c{i}" for i in range(n)],
+        )
+        path = write_h5ad(ctx.tmp / "qc" / "d.h5ad", x, obs=obs)
+        out = ctx.out / "bench" / "e" / "data.h5ad"
+        return Call(
+            lambda: prepare_evalset(
+                path, out, label_key="cell_type", batch_key="batch", n_hvg=50, name="e"
+            ),
+            path,
+            ctx.out,
+        )
+
+    return build
+
+
+def embed_readonly(ctx: Ctx) -> Call:
+    """Rule embed whose output directory is on a read-only file system (a tmpfs mounted ro).
+
+    Needs root (mount); as any other user, or where mounting is not allowed, the case skips.
+    """
+    import os
+    import subprocess
+
+    from scfm.embed import embed_file
+
+    model, data = _embed_inputs(ctx)
+    target = ctx.out / "embed"
+    target.mkdir(parents=True)
+    if os.geteuid() != 0:
+        pytest.skip("a read-only file system needs root to mount a tmpfs")
+    cmd = ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(target)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {done.stderr.strip()}")
+    out = target / "e.h5ad"
+    return Call(
+        lambda: embed_file(model, data, out, device="cpu"),
+        target,
+        ctx.out,
+        cleanup=lambda: subprocess.run(["umount", str(target)], check=True),
+    )
+
+
 # --------------------------------------------------------------------------- the catalogue
 
 
@@ -738,6 +967,59 @@ CASES: list[Case] = [
     Case("evalset-labels-nan", "evaluation sets", "obs['cell_type'] all NaN",
          evalset_case(set_obs("cell_type", pd.Categorical([np.nan] * 40, categories=["T"]))),
          E, r"no cell has a label", "obs['cell_type']", r"labelled cells"),
+    # ---- issue 14: outputs that are inputs, non-regular files, old layouts, missing labels
+    Case("embed-output-is-input", "embed", "`--output` a second spelling of `--input`",
+         embed_onto_input("same"), E,
+         r"is the input file \S+/in/x\.h5ad \(the same path\); writing it would replace",
+         "output", r"an output path that is none of the inputs \(input, model\)"),
+    Case("embed-output-symlink", "embed", "`--output` a symlink to `--input`",
+         embed_onto_input("symlink"), E, r"through a symlink: both resolve to \S+/in/x\.h5ad",
+         "output", r"none of the inputs"),
+    Case("embed-output-hardlink", "embed", "`--output` a hard link of `--input`",
+         embed_onto_input("hardlink"), E, r"\(a hard link: same device and inode\)", "output",
+         r"none of the inputs"),
+    Case("standardize-output-is-input", "h5ad", "the output resolves to the local source file",
+         standardize_onto_input, E, r"is the matrices\[0\] file \S+/in/d\.h5ad \(the same",
+         "output", r"none of the inputs \(manifest, matrices\[0\]\)"),
+    Case("embed-duplicate-genes", "embed", "two columns named like the first gene",
+         embed_duplicate_genes, E, r"1 duplicated gene ID\(s\), e\.g\. \['SIMG\d{5}'\]",
+         "var_names", r"one column per gene"),
+    Case("h5ad-duplicate-symbols", "h5ad", "symbols `TP53` and `tp53`: one Ensembl ID",
+         symbols_one_gene, E,
+         r"1 duplicated gene ID\(s\), e\.g\. \['ENSG00000141510 \(from TP53, tp53\)'\]",
+         "var/_index", r"one column per gene"),
+    Case("local-fifo", "h5ad", "the local `path:` is a FIFO",
+         local_special("fifo"), E, r"is a FIFO \(named pipe\), not a regular file",
+         "datasets.d.path", r"a regular h5ad, 10x h5 or Matrix Market file, or a 10x directory"),
+    Case("local-symlink-loop", "h5ad", "the local `path:` is a symlink loop",
+         local_special("loop"), E, r"is a symlink loop \(too many levels of symbolic links\)",
+         "datasets.d.path", r"a regular h5ad"),
+    Case("config-local-fifo", "config", "a local dataset `path:` that is a FIFO",
+         config_special("fifo"), C,
+         r"datasets\.a\.path: \S+/in/d\.h5ad is a FIFO \(named pipe\), not a regular file",
+         "datasets.a.path", r"expected a regular file or a 10x directory"),
+    Case("config-local-symlink-loop", "config", "a local dataset `path:` that is a symlink loop",
+         config_special("loop"), C, r"datasets\.a\.path: \S+/in/d\.h5ad is a symlink loop",
+         "datasets.a.path", r"expected a regular file or a 10x directory"),
+    Case("h5ad-legacy-sparse", "h5ad", "anndata < 0.7 layout: compound obs/var, h5sparse X "
+         "(accepted: read by anndata)", h5ad_case(legacy_h5ad(sparse=True)), None, r""),
+    Case("h5ad-legacy-dense", "h5ad", "anndata < 0.7 layout, dense X (accepted)",
+         h5ad_case(legacy_h5ad(sparse=False)), None, r""),
+    Case("h5ad-var-no-encoding", "h5ad", "var group without its encoding attributes",
+         h5ad_case(h5_edit(strip_attrs("var"))), E, r"read as dict, not a dataframe", "var",
+         r"an h5ad dataframe \(encoding-type 'dataframe'"),
+    Case("evalset-unlabelled", "evaluation sets", "4 cells labelled NaN, 2 `unknown` "
+         "(accepted: kept, excluded from label metrics)",
+         evalset_batches([60, 60], [None] * 4 + ["unknown"] * 2 + ["T", "B"] * 57), None,
+         r"6 of 120 cells have no obs\['cell_type'\] \(missing or 'unknown'\): kept"),
+    Case("evalset-small-batches", "evaluation sets", "14 batches of 2-30 cells "
+         "(accepted: HVGs without the per-batch fit)",
+         evalset_batches([2, 3, 4, 5, 6, 8, 10, 12, 15, 18, 20, 24, 28, 30]), None,
+         r"14 batch\(es\) have fewer than 50 cells .*HVGs chosen on all cells together"),
+    Case("embed-readonly-output", "embed", "the output directory on a read-only file system",
+         embed_readonly, ScfmNotWritableError,
+         r"cannot write \S+/e\.h5ad: its output directory \S+ is not writable \(Read-only file",
+         "e.h5ad", r"expected a writable directory"),
 ]
 # fmt: on
 
@@ -750,6 +1032,21 @@ class Outcome:
     error: BaseException | None
     warnings: list[str] = field(default_factory=list)
     leftovers: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)  # inputs whose bytes changed or vanished
+
+
+def input_digests(ctx: Ctx, out: Path) -> dict[Path, str]:
+    """sha256 of every regular file of the case outside its output directory (its inputs).
+
+    FIFOs, devices and symlink loops are not regular files: never opened (a FIFO would block).
+    """
+    import hashlib
+
+    return {
+        p: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(ctx.tmp.rglob("*"))
+        if p.is_file() and out not in p.parents
+    }
 
 
 class _Collect(logging.Handler):
@@ -763,19 +1060,26 @@ class _Collect(logging.Handler):
 
 def run_case(case: Case, ctx: Ctx) -> tuple[Call, Outcome]:
     call = case.build(ctx)
+    before = input_digests(ctx, call.out)
     handler = _Collect()
     root = logging.getLogger()
     root.addHandler(handler)
     try:
-        call.run()
-        error = None
-    except Exception as exc:
-        error = exc
+        try:
+            call.run()
+            error = None
+        except Exception as exc:
+            error = exc
+        finally:
+            root.removeHandler(handler)
+        files = sorted(p for p in call.out.rglob("*") if p.is_file()) if call.out.exists() else []
     finally:
-        root.removeHandler(handler)
-    files = sorted(p for p in call.out.rglob("*") if p.is_file()) if call.out.exists() else []
+        if call.cleanup is not None:
+            call.cleanup()
     leftovers = [str(p.relative_to(call.out)) for p in files]
-    return call, Outcome(error, handler.messages, leftovers)
+    after = input_digests(ctx, call.out)
+    changed = [str(p.relative_to(ctx.tmp)) for p, d in before.items() if after.get(p) != d]
+    return call, Outcome(error, handler.messages, leftovers, changed)
 
 
 def placeholders(text: str, call: Call, ctx: Ctx) -> str:
@@ -820,6 +1124,7 @@ def test_catalogue_size_and_spread() -> None:
 def test_bad_input(case: Case, tmp_path: Path, cache: Path) -> None:
     ctx = Ctx(tmp_path, cache)
     call, outcome = run_case(case, ctx)
+    assert outcome.changed == [], f"{case.id}: inputs changed: {outcome.changed}"
     if case.error is None:
         assert outcome.error is None, f"{case.id}: rejected: {outcome.error!r}"
         assert outcome.leftovers and not [p for p in outcome.leftovers if ".tmp" in p]
@@ -866,7 +1171,12 @@ def markdown(cache: Path) -> str:
     for case in CASES:
         with tempfile.TemporaryDirectory() as tmp:
             ctx = Ctx(Path(tmp), cache)
-            call, outcome = run_case(case, ctx)
+            try:
+                call, outcome = run_case(case, ctx)
+            except pytest.skip.Exception as skip:  # cannot be built here: keep the doc's row
+                print(f"{case.id}: skipped ({skip.msg}); its row is kept", file=sys.stderr)
+                lines.append(doc_rows(DOC.read_text()).get(case.id, row(case, "(not run)")))
+                continue
             lines.append(row(case, message(case, call, outcome, ctx)))
     return "\n".join(lines) + "\n"
 

@@ -360,3 +360,45 @@ def test_is_integer_counts(values: list[float], dtype: type, expected: bool) -> 
         shape=(1, max(len(values), 1)),
     )
     assert is_integer_counts(block) is expected
+
+
+@pytest.mark.parametrize("layout", ["h5sparse", "dense"])
+def test_anndata_before_0_7_layout_is_read_with_its_values(tmp_path: Path, layout: str) -> None:
+    """obs/var as compound datasets, categories in uns, no encoding attributes (anndata < 0.7)."""
+    rng = np.random.default_rng(1)
+    x = rng.poisson(2.0, (N_CELLS, len(GENE_IDS))).astype(np.float32)
+    path = tmp_path / "old.h5ad"
+    with h5py.File(path, "w") as f:
+        if layout == "h5sparse":
+            m = sp.csr_matrix(x)
+            g = f.create_group("X")
+            g["data"], g["indices"], g["indptr"] = m.data, m.indices, m.indptr
+            g.attrs["h5sparse_format"] = "csr"
+            g.attrs["h5sparse_shape"] = np.array(m.shape)
+        else:
+            f["X"] = x
+        obs = np.zeros(N_CELLS, dtype=[("index", "S8"), ("ct", np.int8), ("depth", np.float32)])
+        obs["index"] = [f"c{i}".encode() for i in range(N_CELLS)]
+        obs["ct"] = [i % 3 for i in range(N_CELLS)]
+        obs["depth"] = x.sum(1)
+        f["obs"] = obs
+        var = np.zeros(len(GENE_IDS), dtype=[("index", "S16")])
+        var["index"] = [g.encode() for g in GENE_IDS]
+        f["var"] = var
+        f.create_group("uns")["ct_categories"] = np.array([b"B", b"NK", b"T"])
+    reader = H5adCounts(path)
+    assert list(reader.var.index) == GENE_IDS and reader.field == "X"
+    assert list(reader.obs_names) == [f"c{i}" for i in range(N_CELLS)]
+    assert set(reader.obs_columns) == {"ct", "depth"}
+    got = reader.read_obs(["ct"])["ct"]
+    assert list(got) == [["B", "NK", "T"][i % 3] for i in range(N_CELLS)]
+    blocks = [b.toarray() for _, b in reader.iter_chunks(5)]
+    np.testing.assert_array_equal(np.vstack(blocks), x)
+    reader.close()
+    ds = {"source": "local", "path": str(path), "obs_map": {"cell_type": "ct"}}
+    cfg = validate_config({"datasets": {"old": ds}})["datasets"]["old"]
+    fetch_dataset("old", cfg, tmp_path / "raw")
+    standardize(tmp_path / "raw" / "manifest.json", tmp_path / "std.h5ad", dataset="old", cfg=cfg)
+    out = ad.read_h5ad(tmp_path / "std.h5ad")
+    np.testing.assert_array_equal(out.X.toarray(), x)
+    assert list(out.obs["cell_type"]) == list(got)

@@ -46,8 +46,8 @@ def _counts(n_cells: int = N_CELLS, n_genes: int = N_GENES, seed: int = 0) -> np
 
 def _obs(n_cells: int = N_CELLS) -> pd.DataFrame:
     plate = [f"p{i % 3}" for i in range(n_cells)]
-    plate[1] = ""  # empty -> unknown
-    plate[2] = None  # missing -> unknown
+    plate[1] = ""  # empty -> missing
+    plate[2] = None  # missing -> missing (NaN, not a category)
     return pd.DataFrame(
         {
             "ct": pd.Categorical([["T", "B", "NK"][i % 3] for i in range(n_cells)]),
@@ -336,9 +336,12 @@ def test_obs_map_values_and_defaults(tmp_path: Path) -> None:
     a = _assert_contract(out)
     assert list(a.obs.columns) == [*OBS_KEYS, "donor_id"]
     assert list(a.obs["cell_type"]) == list(obs["ct"].astype(str))
-    expected_batch = [f"p{i % 3}" for i in range(N_CELLS)]
-    expected_batch[1] = expected_batch[2] = "unknown"
-    assert list(a.obs["batch"]) == expected_batch
+    expected_batch: list = [f"p{i % 3}" for i in range(N_CELLS)]
+    expected_batch[1] = expected_batch[2] = None
+    # missing values stay missing: never a category called "unknown" (or "nan")
+    assert a.obs["batch"].isna().tolist() == [b is None for b in expected_batch]
+    assert list(a.obs["batch"].dropna()) == [b for b in expected_batch if b is not None]
+    assert set(a.obs["batch"].cat.categories) == {"p0", "p1", "p2"}
     assert set(a.obs["assay"]) == {"10x 3' v3"}
     assert set(a.obs["tissue"]) == {"blood"}
     assert set(a.obs["donor"]) == {"unknown"}

@@ -24,6 +24,7 @@ import scanpy as sc
 from scfm import __version__
 from scfm.bench.evalset import log_normalized, read_evalset
 from scfm.io.embedding import write_embedding
+from scfm.paths import check_outputs_not_inputs
 
 log = logging.getLogger("scfm.bench")
 
@@ -122,6 +123,7 @@ def baseline_embedding(
     """Compute one baseline on an evaluation set and write ``obsm["X_<method>"]``."""
     if method not in BASELINES:
         raise ValueError(f"unknown baseline {method!r}; expected one of {', '.join(BASELINES)}")
+    check_outputs_not_inputs({"output": output}, {"evalset": evalset})
     adata = read_evalset(evalset)
     params = dict(params or {})
     log.info("%s on %d cells x %d HVGs", method, adata.n_obs, adata.var["highly_variable"].sum())

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import anndata as ad
 import h5py
@@ -24,8 +25,18 @@ import scipy.sparse as sp
 from scfm import __version__
 from scfm.atomic import atomic_path
 from scfm.errors import ScfmInputError
+from scfm.io.standardize import strings_keep_missing
+from scfm.paths import check_outputs_not_inputs
 
 log = logging.getLogger("scfm.bench")
+
+#: A label that means "not annotated" (standardize's value for a key the source lacks,
+#: CELLxGENE's for unannotated cells): counted as missing, never scored as a cell type.
+MISSING_LABEL = "unknown"
+#: Batches with fewer cells are pooled for the per-batch HVG fit (see highly_variable_by_batch).
+HVG_MIN_BATCH_CELLS = 50
+#: The group the small batches are pooled into (not a batch name: obs names have no "<").
+POOLED = "<small batches pooled>"
 
 #: Metrics that compare batches (scib) or hold batches out (annotation): they need >= 2 groups.
 _NEEDS_GROUPS = {"scib": "batch_key", "annotation": "split_key"}
@@ -58,17 +69,22 @@ def prepare_evalset(
     seed: int = 0,
     n_hvg: int = 2000,
     name: str = "",
+    hvg_min_batch_cells: int = HVG_MIN_BATCH_CELLS,
 ) -> ad.AnnData:
     """Write the evaluation set of one benchmark: counts, keys, highly variable genes.
 
-    Cells whose label or batch is missing are dropped (and counted in the log). The output keeps
-    ``X`` as raw integer counts (CSR) and all genes; ``var["highly_variable"]`` marks ``n_hvg``
-    genes chosen by scanpy's ``seurat_v3`` flavour on counts with ``batch_key`` (Stuart et al.
-    2019), which the pca, hvg and scvi baselines use. ``obs["scfm_label"]``,
-    ``obs["scfm_batch"]`` and ``obs["scfm_split"]`` hold the keys as strings so metrics need no
-    config.
+    Cells whose batch (or split group) is missing are dropped (and counted in the log). Cells
+    whose label is missing (NaN, or :data:`MISSING_LABEL`) are kept with a missing
+    ``scfm_label``: label-based metrics exclude them (:func:`labelled_cells`) and say how many;
+    ``uns["scfm_bench"]["n_unlabelled"]`` counts them. The output keeps ``X`` as raw integer
+    counts (CSR) and all genes; ``var["highly_variable"]`` marks ``n_hvg`` genes chosen by
+    scanpy's ``seurat_v3`` flavour on counts per batch (Stuart et al. 2019; batches below
+    ``hvg_min_batch_cells`` pooled, see :func:`highly_variable_by_batch`), which the pca, hvg
+    and scvi baselines use. ``obs["scfm_label"]``, ``obs["scfm_batch"]`` and
+    ``obs["scfm_split"]`` hold the keys as strings so metrics need no config.
     """
     qc_h5ad = Path(qc_h5ad)
+    check_outputs_not_inputs({"output": out_h5ad}, {"input": qc_h5ad})
     split_key = split_key or batch_key
     backed = ad.read_h5ad(qc_h5ad, backed="r")
     try:
@@ -90,18 +106,31 @@ def prepare_evalset(
         adata.obs_names_make_unique()
 
     keep = np.ones(adata.n_obs, dtype=bool)
-    for column in dict.fromkeys([label_key, batch_key, split_key]):
+    for column in dict.fromkeys([batch_key, split_key]):
         missing = adata.obs[column].isna().to_numpy()
         if missing.any():
             log.warning("dropping %d cells without obs[%r]", int(missing.sum()), column)
         keep &= ~missing
     if not keep.all():
         adata = adata[keep].copy()
-    if adata.n_obs == 0:
+    # cells without a label stay (embeddings, batch mixing plots, masked prediction use them);
+    # label-based metrics leave them out and say how many (see labelled_cells())
+    label = missing_labels(adata.obs[label_key])
+    n_unlabelled = int(label.isna().sum())
+    if adata.n_obs == n_unlabelled:
         raise ScfmInputError(
             qc_h5ad, f"obs[{label_key!r}]", "no cell has a label", "labelled cells"
         )
-    adata.obs["scfm_label"] = adata.obs[label_key].astype(str).astype("category")
+    if n_unlabelled:
+        log.warning(
+            "%d of %d cells have no obs[%r] (missing or %r): kept, and excluded from the "
+            "label-based metrics (scib, scGraph, annotation)",
+            n_unlabelled,
+            adata.n_obs,
+            label_key,
+            MISSING_LABEL,
+        )
+    adata.obs["scfm_label"] = label
     adata.obs["scfm_batch"] = adata.obs[batch_key].astype(str).astype("category")
     adata.obs["scfm_split"] = adata.obs[split_key].astype(str).astype("category")
     for metric, config_key in _NEEDS_GROUPS.items():
@@ -123,7 +152,15 @@ def prepare_evalset(
         )
 
     adata.X = sp.csr_matrix(adata.X)
-    adata.var["highly_variable"] = highly_variable(adata, n_hvg, "scfm_batch")
+    hvg, hvg_record = highly_variable_by_batch(
+        adata,
+        n_hvg,
+        "scfm_batch",
+        min_batch_cells=hvg_min_batch_cells,
+        path=qc_h5ad,
+        shown_key=batch_key,
+    )
+    adata.var["highly_variable"] = hvg
     adata.uns["scfm_bench"] = {
         "name": name,
         "source": str(qc_h5ad),
@@ -133,6 +170,8 @@ def prepare_evalset(
         "max_cells": -1 if max_cells is None else int(max_cells),
         "seed": int(seed),
         "n_hvg": int(adata.var["highly_variable"].sum()),
+        "n_unlabelled": n_unlabelled,
+        "hvg": hvg_record,
         "scfm_version": __version__,
     }
     log.info(
@@ -148,19 +187,133 @@ def prepare_evalset(
     return adata
 
 
-def highly_variable(adata: ad.AnnData, n_top: int, batch_key: str | None) -> np.ndarray:
-    """Boolean mask of ``n_top`` highly variable genes (scanpy ``seurat_v3`` on raw counts)."""
+def missing_labels(values: Any) -> pd.Categorical:
+    """Labels as categorical strings; NaN, "" and :data:`MISSING_LABEL` are missing (NaN)."""
+    return strings_keep_missing(pd.Series(np.asarray(values, dtype=object)), [MISSING_LABEL])
+
+
+def labelled_cells(adata: ad.AnnData, metric: str, method: str = "") -> np.ndarray:
+    """Mask of the evaluation set's cells that have a label; logs how many a metric leaves out.
+
+    Every label-based metric (scib, scGraph, annotation) scores these cells only and writes the
+    count of the others in its table's ``n_unlabelled_excluded`` column.
+    """
+    mask = adata.obs["scfm_label"].notna().to_numpy()
+    n_out = int((~mask).sum())
+    if n_out:
+        log.info(
+            "%s%s: %d of %d cells have no label and are excluded",
+            f"{method} " if method else "",
+            metric,
+            n_out,
+            len(mask),
+        )
+    return mask
+
+
+def highly_variable_by_batch(
+    adata: ad.AnnData,
+    n_top: int,
+    batch_key: str,
+    *,
+    min_batch_cells: int = HVG_MIN_BATCH_CELLS,
+    path: str | Path = "<AnnData>",
+    shown_key: str | None = None,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """``n_top`` HVGs by seurat_v3 per batch; batches below ``min_batch_cells`` are pooled.
+
+    seurat_v3 fits a loess of variance on mean in every batch; in a batch of a few cells that
+    fit is degenerate and scanpy stops with loess' "There are other near singularities". Such
+    batches are pooled into one group (:data:`POOLED`) for the fit; when the pooled group is
+    itself below ``min_batch_cells``, or no group of two remains, the genes are chosen on all
+    cells together (no batch key). What was done is logged and returned as a record (stored in
+    the evaluation set's ``uns["scfm_bench"]["hvg"]``): ``batch_key`` (``"none"`` when pooled
+    whole), ``min_batch_cells``, ``pooled_batches`` (names) and ``n_groups``.
+    """
+    shown_key = shown_key or batch_key  # the configured column, in the record and errors
+    batches = adata.obs[batch_key].astype(str)
+    sizes = batches.value_counts()
+    small = sorted(str(b) for b in sizes.index[sizes < min_batch_cells])
+    groups = batches.where(~batches.isin(small), POOLED) if small else batches
+    n_pooled = int(batches.isin(small).sum())
+    whole = bool(small) and (n_pooled < min_batch_cells or groups.nunique() < 2)
+    if whole:
+        groups = None
+    record: dict[str, Any] = {
+        "flavor": "seurat_v3",
+        "batch_key": "none" if groups is None else shown_key,
+        "min_batch_cells": int(min_batch_cells),
+        "pooled_batches": small,
+        "n_groups": 1 if groups is None else int(groups.nunique()),
+    }
+    if small:
+        shown = ", ".join(f"{b} ({sizes[b]})" for b in small[:10])
+        more = f" and {len(small) - 10} more" if len(small) > 10 else ""
+        log.warning(
+            "HVG selection: %d batch(es) have fewer than %d cells (%s%s): %s",
+            len(small),
+            min_batch_cells,
+            shown,
+            more,
+            "HVGs chosen on all cells together, without the batch key"
+            if whole
+            else f"pooled into one group of {n_pooled} cells for the per-batch fit",
+        )
+
+    def fail(reason: str) -> ScfmInputError:
+        return ScfmInputError(
+            path,
+            f"obs[{shown_key!r}]",
+            f"seurat_v3 HVG selection failed ({reason}); cells per batch: "
+            + ", ".join(f"{b}={n}" for b, n in sizes.sort_index().items()),
+            "larger batches; batches below benchmarks.<name>.hvg_min_batch_cells "
+            f"(now {min_batch_cells}) are pooled for the fit, raise it",
+        )
+
+    if n_top < adata.n_vars:
+        # loess on (almost) no points crashes the process (a segfault in scikit-misc), so a
+        # group in which (almost) no gene varies is refused before the fit
+        labels = groups if groups is not None else pd.Series("all cells", index=batches.index)
+        for group, rows in labels.groupby(labels).indices.items():
+            n_varying = _n_varying_genes(adata.X[rows])
+            if n_varying < _MIN_VARYING_GENES:
+                raise fail(f"in group {group!r} only {n_varying} gene(s) vary across its cells")
+    try:
+        mask = highly_variable(adata, n_top, groups)
+    except Exception as exc:  # scanpy/loess errors on degenerate batches
+        raise fail(f"{type(exc).__name__}: {exc}") from exc
+    return mask, record
+
+
+#: Fewer varying genes in a group than this and seurat_v3's loess cannot be fitted.
+_MIN_VARYING_GENES = 10
+
+
+def _n_varying_genes(x: Any) -> int:
+    """Genes whose count is not the same in every row of ``x``."""
+    x = sp.csr_matrix(x, dtype=np.float64)
+    mean = np.asarray(x.mean(axis=0)).ravel()
+    mean_sq = np.asarray(x.multiply(x).mean(axis=0)).ravel()
+    return int((mean_sq - mean**2 > 1e-12 * np.maximum(mean_sq, 1)).sum())
+
+
+def highly_variable(adata: ad.AnnData, n_top: int, groups: pd.Series | None) -> np.ndarray:
+    """Boolean mask of ``n_top`` highly variable genes (scanpy ``seurat_v3`` on raw counts).
+
+    ``groups`` (one value per cell) are the batches of the per-batch fit; None: all cells.
+    """
     n_top = min(n_top, adata.n_vars)
     if n_top >= adata.n_vars:
         return np.ones(adata.n_vars, dtype=bool)
-    probe = ad.AnnData(X=adata.X, obs=adata.obs[[batch_key]] if batch_key else None)
+    by_group = groups is not None and groups.nunique() > 1
+    obs = pd.DataFrame({"group": np.asarray(groups, dtype=str)}) if by_group else None
+    probe = ad.AnnData(X=adata.X, obs=obs)
     probe.var_names = adata.var_names
-    n_batches = adata.obs[batch_key].nunique() if batch_key else 1
     table = sc.pp.highly_variable_genes(
         probe,
         flavor="seurat_v3",
         n_top_genes=n_top,
-        batch_key=batch_key if n_batches > 1 else None,
+        batch_key="group" if by_group else None,
         inplace=False,
     )
     return table["highly_variable"].to_numpy(dtype=bool)

@@ -17,9 +17,13 @@ import numpy as np
 import pandas as pd
 
 from scfm.atomic import atomic_path
-from scfm.bench.evalset import log_normalized, read_evalset
+from scfm.bench.evalset import labelled_cells, log_normalized, read_evalset
 from scfm.bench.scib import COLUMNS
 from scfm.io.embedding import read_embedding
+from scfm.paths import check_outputs_not_inputs
+
+#: Column of every label-based metric's table: cells left out for having no label.
+EXCLUDED = "n_unlabelled_excluded"
 
 log = logging.getLogger("scfm.bench")
 
@@ -49,18 +53,25 @@ def scib_job(
     """scib-metrics of one method (``unintegrated``: the pca baseline's embedding file)."""
     from scfm.bench.scib import scib_scores
 
+    check_outputs_not_inputs(
+        {"out_tsv": out_tsv},
+        {"evalset": evalset, "embedding": embedding, "unintegrated": unintegrated},
+    )
     adata, emb = _load(evalset, embedding)
     pre = read_embedding(unintegrated, obs_names=adata.obs_names)
+    # scib-metrics' batch metrics are computed per label too: all of them use labelled cells
+    cells = labelled_cells(adata, "scib", method)
     table = scib_scores(
-        emb,
-        adata.obs["scfm_label"].to_numpy(),
-        adata.obs["scfm_batch"].to_numpy(),
-        pre,
+        emb[cells],
+        adata.obs["scfm_label"].to_numpy()[cells],
+        adata.obs["scfm_batch"].to_numpy()[cells],
+        pre[cells],
         method=method,
         kbet=kbet,
         leiden=leiden,
         n_jobs=threads,
     )
+    table[EXCLUDED] = int((~cells).sum())
     write_table(table, out_tsv)
     return table
 
@@ -71,8 +82,10 @@ def scgraph_reference_job(
     """The scGraph reference graph of an evaluation set (shared by every method's job)."""
     from scfm.bench.scgraph import scgraph_reference
 
+    check_outputs_not_inputs({"out_tsv": out_tsv}, {"evalset": evalset})
     params = dict(params or {})
     adata = read_evalset(evalset)
+    adata = adata[labelled_cells(adata, "scGraph reference")]
     lognorm = ad.AnnData(X=log_normalized(adata), obs=adata.obs[["scfm_label", "scfm_batch"]])
     lognorm.var_names = adata.var_names
     reference = scgraph_reference(lognorm, "scfm_label", "scfm_batch", path=str(evalset), **params)
@@ -94,17 +107,23 @@ def scgraph_job(
     """The scGraph scores of one method against the evaluation set's reference graph."""
     from scfm.bench.scgraph import scgraph_scores
 
+    check_outputs_not_inputs(
+        {"out_tsv": out_tsv, "out_types_tsv": out_types_tsv},
+        {"evalset": evalset, "embedding": embedding, "reference_tsv": reference_tsv},
+    )
     adata, emb = _load(evalset, embedding)
     reference = pd.read_csv(reference_tsv, sep="\t", index_col=0)
     reference.index = reference.index.astype(str)
     reference.columns = reference.columns.astype(str)
+    cells = labelled_cells(adata, "scGraph", method)
     scores, per_type = scgraph_scores(
-        emb, adata.obs["scfm_label"].to_numpy(), reference, trim_rate=trim_rate
+        emb[cells], adata.obs["scfm_label"].to_numpy()[cells], reference, trim_rate=trim_rate
     )
     table = pd.DataFrame(
         [{"method": method, "type": "scGraph", "metric": k, "value": v} for k, v in scores.items()],
         columns=COLUMNS,
     )
+    table[EXCLUDED] = int((~cells).sum())
     write_table(table, out_tsv)
     per_type = per_type.rename_axis("cell_type").reset_index()
     per_type.insert(0, "method", method)
@@ -126,11 +145,13 @@ def annotation_job(
     """Cell-type annotation from one embedding, split by ``obs["scfm_split"]`` groups."""
     from scfm.bench.annotation import annotation_scores
 
+    check_outputs_not_inputs({"out_tsv": out_tsv}, {"evalset": evalset, "embedding": embedding})
     adata, emb = _load(evalset, embedding)
+    cells = labelled_cells(adata, "annotation", method)
     scores = annotation_scores(
-        emb,
-        adata.obs["scfm_label"].to_numpy(),
-        adata.obs["scfm_split"].to_numpy(),
+        emb[cells],
+        adata.obs["scfm_label"].to_numpy()[cells],
+        adata.obs["scfm_split"].to_numpy()[cells],
         classifiers=tuple(classifiers),
         n_splits=n_splits,
         k=k,
@@ -158,6 +179,7 @@ def annotation_job(
             }
         )
     table = pd.DataFrame(rows, columns=COLUMNS)
+    table[EXCLUDED] = int((~cells).sum())
     write_table(table, out_tsv)
     return table
 
@@ -176,6 +198,9 @@ def masked_job(
     """Masked-prediction loss of a trained run on the evaluation cells, beside trivial ones."""
     from scfm.embed import masked_prediction
 
+    check_outputs_not_inputs(
+        {"out_tsv": out_tsv}, {"evalset": evalset, "model": model, "gene_stats": gene_stats}
+    )
     adata = read_evalset(evalset)
     result = masked_prediction(adata, model, batch_size=batch_size, max_cells=max_cells, seed=seed)
     rows = []
@@ -201,10 +226,11 @@ def umap_job(
     """UMAP of one method's embedding coloured by cell type and batch."""
     from scfm.bench.plots import umap_figure
 
+    check_outputs_not_inputs({"out_png": out_png}, {"evalset": evalset, "embedding": embedding})
     adata, emb = _load(evalset, embedding)
     umap_figure(
         emb,
-        adata.obs["scfm_label"].to_numpy(),
+        adata.obs["scfm_label"].astype(object).fillna("(no label)").to_numpy(),
         adata.obs["scfm_batch"].to_numpy(),
         out_png,
         title=method,
@@ -223,6 +249,8 @@ def summary_job(
     """Merge metric tables: long (with the evaluation set) and wide (methods x metrics)."""
     from scfm.bench.plots import results_table_figure
 
+    outputs = {"out_tsv": out_tsv, "out_wide_tsv": out_wide_tsv, "out_png": out_png}
+    check_outputs_not_inputs(outputs, {f"tables[{i}]": t for i, t in enumerate(tables)})
     long = pd.concat([pd.read_csv(t, sep="\t") for t in tables], ignore_index=True)
     if evalset:
         long.insert(0, "evalset", evalset)
@@ -238,6 +266,9 @@ def summary_job(
 
 def merge_summaries(tables: Sequence[str | Path], out_tsv: str | Path) -> pd.DataFrame:
     """Concatenate the long summaries of every evaluation set into one table."""
+    check_outputs_not_inputs(
+        {"out_tsv": out_tsv}, {f"tables[{i}]": t for i, t in enumerate(tables)}
+    )
     merged = pd.concat([pd.read_csv(t, sep="\t") for t in tables], ignore_index=True)
     write_table(merged, out_tsv)
     return merged

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from scfm.embed.model_file import ModelFile
 from scfm.errors import ScfmInputError
+from scfm.io.genes import check_unique_genes
 from scfm.io.standardize import check_counts
 from scfm.tokenize.tokenizers import Tokens, cell_seeds, gene_coverage, tokenize_csr
 
@@ -69,6 +70,8 @@ class CellStream:
         self.adata, self.model, self.path = adata, model, path
         self.chunk_cells = chunk_cells
         self.rows = np.arange(adata.n_obs) if rows is None else np.asarray(rows, np.int64)
+        # a duplicated gene would be tokenized twice (standardize refuses the same file)
+        check_unique_genes(adata.var_names, path=path, where="var_names")
         self.col_token = model.vocab.map_genes(adata.var_names)
         self.col_sums = np.zeros(adata.n_vars, np.float64)
         if not (self.col_token >= 0).any():

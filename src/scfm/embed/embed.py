@@ -25,6 +25,7 @@ from scfm.embed.cells import CellStream
 from scfm.embed.model_file import ModelFile, open_model_file
 from scfm.errors import ScfmConfigError, ScfmInputError
 from scfm.io.embedding import write_embedding
+from scfm.paths import check_input, check_outputs_not_inputs
 from scfm.provenance import created
 
 log = logging.getLogger("scfm.embed")
@@ -106,6 +107,12 @@ def embed_file(
     batch_size, device, chunk_cells, gene_stats
         As in :func:`embed_anndata`.
 
+    Raises
+    ------
+    ScfmInputError
+        As :func:`embed_anndata`; also when ``output_h5ad`` is (or resolves to) one of the
+        input files, before anything is written.
+
     Returns
     -------
     dict
@@ -113,6 +120,10 @@ def embed_file(
         n_cells, dim, device, the missing-gene report, scfm version, created; and ``seconds``
         (logged, not written into the file).
     """
+    check_outputs_not_inputs(
+        {"output": output_h5ad},
+        {"input": input_h5ad, "model": model_file, "gene_stats": gene_stats},
+    )
     model = open_model_file(model_file, gene_stats=gene_stats)
     key = key or f"X_{model.run_name}"
     check_key(key)
@@ -122,6 +133,14 @@ def embed_file(
     try:
         emb, report = _embed(adata, model, batch_size, dev, chunk_cells, False, str(input_h5ad))
         obs = adata.obs.copy()
+        if not obs.index.is_unique:  # the output joins the input by obs_names
+            log.warning(
+                "%s: %d duplicated obs_names, e.g. %s: the embedding's rows follow the input's "
+                "order, but a join by obs_names is ambiguous for those cells",
+                input_h5ad,
+                int(obs.index.duplicated().sum()),
+                [str(c) for c in obs.index[obs.index.duplicated()][:3]],
+            )
     finally:
         adata.file.close()
     record = {
@@ -230,8 +249,7 @@ def _embed(
 
 
 def _read_backed(path: Path) -> ad.AnnData:
-    if not path.is_file():
-        raise ScfmInputError(path, "file", "does not exist", "an h5ad file")
+    check_input(path, "file", "an h5ad file")
     try:
         return ad.read_h5ad(path, backed="r")
     except Exception as e:  # h5py/anndata raise many types on a damaged or foreign file

@@ -23,6 +23,7 @@ from scfm.data import Collator
 from scfm.errors import ScfmConfigError, ScfmInputError
 from scfm.io.download import hash_file
 from scfm.models import ModelConfig, build_model
+from scfm.paths import check_input
 from scfm.shard.stats import inverse_medians
 from scfm.tokenize.tokenizers import TokenizerConfig
 from scfm.tokenize.vocab import CLS, MASK, PAD, Vocab
@@ -132,8 +133,7 @@ def open_model_file(path: str | Path, *, gene_stats: str | Path | None = None) -
 
 
 def _load(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ScfmInputError(path, "file", "does not exist", EXPECTED)
+    check_input(path, "file", EXPECTED)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch.load fails in many ways on a file that is not a model
@@ -203,6 +203,7 @@ def _inverse_medians(path: Path, gene_stats: str | Path | None, vocab: Vocab) ->
             "gene_stats= (CLI --gene-stats) naming results/corpus/<corpus>/gene_stats.tsv",
         )
     stats = Path(gene_stats)
+    check_input(stats, "file", "a gene_stats.tsv (token_id, token, ...)")  # not a FIFO
     try:
         table = pd.read_csv(stats, sep="\t", dtype={"token": str}, keep_default_na=False)
         ids, tokens = table["token_id"].to_numpy(), table["token"].astype(str).tolist()

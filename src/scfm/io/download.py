@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from scfm.atomic import atomic_path
 from scfm.errors import ScfmDownloadError, disk_full_error
+from scfm.paths import input_problem
 from scfm.redact import redact_url
 
 log = logging.getLogger(__name__)
@@ -160,8 +161,10 @@ def _fetch(url: str, out: Path, *, timeout: float) -> dict[str, str]:
     parsed = urlparse(url)
     if parsed.scheme == "file":
         src = Path(unquote(parsed.path))
-        if not src.is_file():
-            raise ScfmDownloadError(f"{redact_url(url)}: no such file")
+        problem = input_problem(src)
+        if problem is not None:  # a FIFO or device would block or never end
+            what = "no such file" if problem == "does not exist" else problem
+            raise ScfmDownloadError(f"{redact_url(url)}: {what}")
         with src.open("rb") as fin, out.open("wb") as fout:
             while block := fin.read(CHUNK):
                 fout.write(block)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import h5py
 import numpy as np
@@ -19,7 +19,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from scfm.errors import ScfmInputError
-from scfm.io.h5ad import MatrixReader, open_h5, read_dataframe
+from scfm.io.h5ad import MatrixReader, is_legacy_dataframe, open_h5, read_dataframe
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,10 @@ class H5adCounts:
                 f"has {self._reader.shape[1]} columns but {var_group} has {len(self.var)} rows",
                 "one var row per matrix column",
             )
+        if is_legacy_dataframe(self.path, "obs"):  # anndata < 0.7 (see read_dataframe)
+            obs_frame = read_dataframe(self.path, "obs")
+            self._init_obs(obs_frame.index, list(obs_frame.columns))
+            return
         with open_h5(self.path) as f:
             try:
                 obs = f["obs"]
@@ -91,6 +95,10 @@ class H5adCounts:
                     f"cell names cannot be read ({exc})",
                     "an h5ad obs dataframe with an _index",
                 ) from exc
+        self._init_obs(index, self._obs_columns)
+
+    def _init_obs(self, index: Any, columns: list[str]) -> None:
+        self._obs_columns = columns
         self.obs_names = pd.Index(np.asarray(index).astype(str))
         self.n_obs = self._reader.n_obs
         if len(self.obs_names) != self.n_obs:

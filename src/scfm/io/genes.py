@@ -217,21 +217,41 @@ def map_genes(
         gene_ids = ids
     if symbols is None:
         symbols = gene_ids
-    dup = pd.Index(gene_ids).duplicated(keep=False)
-    if dup.any():
-        examples = sorted(set(np.asarray(gene_ids)[dup]))[:5]
-        raise ScfmInputError(
-            path,
-            where,
-            f"{len(set(np.asarray(gene_ids)[dup]))} duplicated gene ID(s), e.g. {examples}",
-            "one column per gene (merge or drop duplicates upstream)",
-        )
+    check_unique_genes(gene_ids, path=path, where=where, sources=ids[keep])
     new_var = pd.DataFrame(
         {"gene_symbol": np.asarray(symbols, dtype=str)},
         index=pd.Index(np.asarray(gene_ids, dtype=str), name="gene_id"),
     )
     report["n_kept"] = len(new_var)
     return keep, new_var, report
+
+
+def check_unique_genes(gene_ids: Any, *, path: str | Path, where: str, sources: Any = None) -> None:
+    """Refuse duplicated gene IDs: two columns would be one gene counted (or tokenized) twice.
+
+    Shared by standardize and every entry point that tokenizes a user's AnnData (embed), so
+    the message is the same. ``sources`` are the identifiers in the file, column by column,
+    when ``gene_ids`` were mapped from them (symbols, versioned Ensembl IDs): the examples
+    then name the source identifiers that map to each duplicated ID.
+    """
+    ids = np.asarray([str(g) for g in gene_ids], dtype=object)
+    dup = pd.Index(ids).duplicated(keep=False)
+    if not dup.any():
+        return
+    names = sorted(set(ids[dup]))
+    examples = []
+    for gene in names[:5]:
+        froms = [] if sources is None else [str(g) for g in np.asarray(sources)[ids == gene]]
+        shown = ", ".join(dict.fromkeys(froms))
+        examples.append(
+            f"{gene} (from {shown})" if froms and froms != [gene] * len(froms) else gene
+        )
+    raise ScfmInputError(
+        path,
+        where,
+        f"{len(names)} duplicated gene ID(s), e.g. {examples}",
+        "one column per gene (merge or drop duplicates upstream)",
+    )
 
 
 def _map_symbols(

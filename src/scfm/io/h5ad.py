@@ -19,6 +19,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from scfm.errors import ScfmInputError
+from scfm.paths import check_input
 
 # HDF5 chunk of the growing CSR arrays: large enough for fast sequential I/O, small enough
 # that reading one cell touches little extra data.
@@ -28,8 +29,7 @@ _H5_CHUNK = 1 << 16
 def open_h5(path: str | Path) -> h5py.File:
     """Open an HDF5 file for reading; a missing or damaged file raises ScfmInputError."""
     path = Path(path)
-    if not path.exists():
-        raise ScfmInputError(path, "file", "does not exist", "an h5ad file")
+    check_input(path, "file", "an h5ad file")  # a FIFO would block h5py forever
     try:
         return h5py.File(path, "r")
     except OSError as exc:
@@ -46,9 +46,21 @@ def read_dataframe(
         if group not in f:
             raise ScfmInputError(path, group, "missing", f"an h5ad file with a '{group}' group")
         g = f[group]
+        if isinstance(g, h5py.Dataset):  # anndata < 0.7: a compound dataset
+            return _legacy_dataframe(path, group, columns)
         try:
             if columns is None:
-                return ad.io.read_elem(g)
+                frame = ad.io.read_elem(g)
+                if not isinstance(frame, pd.DataFrame):  # e.g. a group without encoding attrs
+                    raise ScfmInputError(
+                        path,
+                        group,
+                        f"read as {type(frame).__name__}, not a dataframe (no encoding-type "
+                        f"{g.attrs.get('encoding-type', '')!r})",
+                        "an h5ad dataframe (encoding-type 'dataframe', anndata >= 0.7) or "
+                        "anndata < 0.7's compound dataset",
+                    )
+                return frame
             index = ad.io.read_elem(g[g.attrs["_index"]])
             present = list(g.attrs.get("column-order", []))
             missing = [c for c in columns if c not in present]
@@ -67,6 +79,51 @@ def read_dataframe(
             raise ScfmInputError(
                 path, group, f"cannot be read ({exc})", "a valid h5ad dataframe"
             ) from exc
+
+
+def is_legacy_dataframe(path: str | Path, group: str = "obs") -> bool:
+    """True if ``group`` is in anndata's pre-0.7 layout (a compound dataset, no encoding)."""
+    with open_h5(path) as f:
+        return isinstance(f.get(group), h5py.Dataset)
+
+
+def _legacy_dataframe(path: str | Path, group: str, columns: Sequence[str] | None) -> pd.DataFrame:
+    """obs/var/raw.var of an h5ad written by anndata < 0.7, read by anndata itself.
+
+    Those files store a dataframe as one compound HDF5 dataset (the index as its first field,
+    categorical columns as codes with the categories in ``uns/<column>_categories``) and carry
+    no encoding attributes. ``anndata.read_h5ad`` still reads that layout (backed: the matrix
+    stays on disk); we take the dataframe from it rather than parse the layout ourselves.
+    """
+    try:
+        adata = ad.read_h5ad(path, backed="r")
+    except Exception as exc:  # anndata raises many types on a layout it does not know
+        raise ScfmInputError(
+            path,
+            group,
+            f"an old (anndata < 0.7) compound dataset that anndata cannot read "
+            f"({type(exc).__name__}: {exc})",
+            "an h5ad written by anndata >= 0.7 (re-save the file with a recent anndata)",
+        ) from exc
+    try:
+        if group == "raw/var":
+            frame = adata.raw.var if adata.raw is not None else None
+        else:
+            frame = {"obs": adata.obs, "var": adata.var}.get(group)
+    finally:
+        adata.file.close()
+    if frame is None:
+        raise ScfmInputError(path, group, "not read by anndata", f"a '{group}' dataframe")
+    frame = frame.copy()
+    frame.index = pd.Index(np.asarray(frame.index).astype(str))
+    if columns is None:
+        return frame
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ScfmInputError(
+            path, f"{group}/{missing[0]}", "column not found", f"one of the columns {list(frame)}"
+        )
+    return frame[list(columns)]
 
 
 class MatrixReader:

@@ -28,6 +28,7 @@ from scfm.io.formats import open_counts
 from scfm.io.genes import map_genes, read_gene_table
 from scfm.io.h5ad import CsrH5adWriter
 from scfm.io.sources import read_manifest
+from scfm.paths import check_outputs_not_inputs
 from scfm.provenance import created
 from scfm.redact import redact
 
@@ -97,20 +98,28 @@ def harmonise_obs(
     obs = pd.DataFrame(index=src_obs.index)
     for key in OBS_KEYS:
         if key in obs_values:
-            col = pd.Series(obs_values[key], index=obs.index)
+            obs[key] = pd.Categorical(pd.Series(obs_values[key], index=obs.index).astype(str))
         elif key in obs_map:
-            col = src_obs[obs_map[key]].astype(str).replace({"nan": UNKNOWN, "": UNKNOWN})
+            # a cell whose value is missing stays missing (NaN, not a category): a label
+            # "unknown" would be scored as a cell type by the benchmark
+            obs[key] = strings_keep_missing(src_obs[obs_map[key]])
         elif key in ("dataset", "batch"):
-            col = pd.Series(dataset, index=obs.index)
-        else:
-            col = pd.Series(UNKNOWN, index=obs.index)
-        obs[key] = pd.Categorical(col.astype(str))
+            obs[key] = pd.Categorical(pd.Series(dataset, index=obs.index))
+        else:  # not provided by the source at all
+            obs[key] = pd.Categorical(pd.Series(UNKNOWN, index=obs.index))
     for col in obs_keep:
         if col in OBS_KEYS:
             continue
         values = src_obs[col]
-        obs[col] = pd.Categorical(values.astype(str)) if values.dtype == object else values
+        obs[col] = strings_keep_missing(values) if values.dtype == object else values
     return obs
+
+
+def strings_keep_missing(values: pd.Series, also: list[str] | None = None) -> pd.Categorical:
+    """Values as categorical strings; NaN/None, "", "nan" (and ``also``) stay missing (NaN)."""
+    text = values.astype(str)
+    missing = values.isna().to_numpy() | text.isin(["", "nan", *(also or [])]).to_numpy()
+    return pd.Categorical(text.where(~missing))
 
 
 def _source_obs(
@@ -170,6 +179,10 @@ def standardize(
         The provenance record stored in ``uns['scfm']['standardize']``.
     """
     man = read_manifest(manifest)
+    inputs = {"manifest": manifest, "gene_table": gene_table}
+    inputs |= {f"matrices[{i}]": m["path"] for i, m in enumerate(man["matrices"])}
+    inputs["obs_table"] = (man.get("obs_table") or {}).get("path")
+    check_outputs_not_inputs({"output": out}, inputs)
     settings = settings_with_defaults(cfg, man.get("defaults") or {})
     table = read_gene_table(gene_table) if gene_table else None
     columns = list(dict.fromkeys([*settings["obs_map"].values(), *settings["obs_keep"]]))
@@ -222,6 +235,13 @@ def standardize(
             obs_keep=settings["obs_keep"],
         )
         if obs.index.has_duplicates:
+            n_dup = int(obs.index.duplicated().sum())
+            log.warning(
+                "%s: %d duplicated cell name(s), e.g. %s: suffixes -1, -2, ... added",
+                dataset,
+                n_dup,
+                [str(c) for c in obs.index[obs.index.duplicated()][:3]],
+            )
             obs.index = pd.Index(_unique(obs.index))
         if len(obs) == 0 or len(var) == 0:
             raise ScfmInputError(

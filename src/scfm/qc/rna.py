@@ -25,6 +25,7 @@ from scfm import __version__
 from scfm.atomic import atomic_path
 from scfm.errors import ScfmInputError
 from scfm.io.h5ad import CsrH5adWriter, MatrixReader, provenance, read_dataframe
+from scfm.paths import check_outputs_not_inputs
 from scfm.provenance import created
 
 log = logging.getLogger(__name__)
@@ -212,6 +213,8 @@ def qc_rna(
         The metrics table.
     """
     path = Path(path)
+    outputs = {"out": out, "metrics_tsv": metrics_tsv, "figure": figure}
+    check_outputs_not_inputs(outputs, {"input": path})
     var = read_dataframe(path, "var")
     obs = read_dataframe(path, "obs")
     if len(obs) == 0:

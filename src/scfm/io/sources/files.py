@@ -6,22 +6,25 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from scfm.errors import ScfmInputError
 from scfm.io.download import download_configured, hash_file
 from scfm.io.formats import guess_format
+from scfm.paths import check_input, check_outputs_not_inputs
 
 
 def fetch(name: str, cfg: dict[str, Any], outdir: Path, *, chunk_cells: int) -> dict[str, Any]:
     """Verify a local file, or download a URL into ``outdir``; see :mod:`scfm.io.sources`."""
     if cfg["source"] == "local":
-        path = Path(cfg["path"]).expanduser().resolve()
-        if not path.exists():
-            raise ScfmInputError(
-                path,
-                f"datasets.{name}.path",
-                "does not exist",
-                "an existing h5ad, 10x h5 or Matrix Market file",
-            )
+        given = Path(cfg["path"]).expanduser()
+        # before resolve(): it raises on a symlink loop, and a FIFO or device would make the
+        # reader hang (or read forever) instead of failing
+        check_input(
+            given,
+            f"datasets.{name}.path",
+            "a regular h5ad, 10x h5 or Matrix Market file, or a 10x directory",
+            directory=True,
+        )
+        path = given.resolve()
+        check_outputs_not_inputs({"manifest": outdir / "manifest.json"}, {"local": path})
         fmt = guess_format(path, cfg.get("format", "auto"))
         # Matrix Market comes as a 10x directory; hash the matrix file itself.
         record = {
