@@ -331,6 +331,12 @@ def _local_path_kinds(config: Mapping[str, Any]) -> list[str]:
                     False,
                 )
             )
+    for name, bench in (config.get("benchmarks") or {}).items():
+        external = bench.get("external") if isinstance(bench, dict) else None
+        for method, spec in (external or {}).items():
+            if isinstance(spec, dict) and spec.get("kind") == "precomputed":
+                key = f"benchmarks.{name}.external.{method}.path"
+                found.append((key, spec.get("path"), False))
     problems = []
     for key, path, directory in found:
         if not isinstance(path, str) or not path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from scfm.bench.external import (
     external_embedding,
     read_external,
 )
-from scfm.errors import ScfmInputError
+from scfm.config import validate_config
+from scfm.errors import ScfmConfigError, ScfmInputError
 from scfm.io.embedding import read_embedding
 from scfm.io.h5ad import provenance
 from scfm.io.simulate import simulate_counts
@@ -196,3 +198,29 @@ def test_h5ad_with_several_matrices_needs_obsm_key(evalset, tmp_path):
         read_external(src)
     _, matrix = read_external(src, obsm_key="X_b")
     assert matrix.shape == (len(cells), 3)
+
+
+def test_precomputed_file_that_is_the_output_is_refused(evalset, tmp_path):
+    cells = _cells(evalset)
+    src = _precomputed_h5ad(tmp_path / "fm.h5ad", cells, np.ones((len(cells), 4), np.float32))
+    before = src.read_bytes()
+    with pytest.raises(ScfmInputError, match=r"output: is the path file .* would replace"):
+        external_embedding("fm", evalset, src, {"kind": "precomputed", "path": str(src)})
+    assert src.read_bytes() == before
+
+
+def test_precomputed_fifo_is_named_at_config_time(tmp_path):
+    fifo = tmp_path / "fm.parquet"
+    os.mkfifo(fifo)
+    config = {
+        "datasets": {"a": {"source": "demo", "demo": "pbmc68k"}},
+        "benchmarks": {
+            "e": {
+                "dataset": "a",
+                "methods": ["fm"],
+                "external": {"fm": {"kind": "precomputed", "path": str(fifo)}},
+            }
+        },
+    }
+    with pytest.raises(ScfmConfigError, match=r"benchmarks.e.external.fm.path: .* is a FIFO"):
+        validate_config(config)

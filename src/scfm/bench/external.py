@@ -45,6 +45,7 @@ from scfm.atomic import temp_dir_beside
 from scfm.errors import ScfmInputError
 from scfm.io.embedding import write_embedding
 from scfm.io.h5ad import read_dataframe
+from scfm.paths import check_input, check_outputs_not_inputs
 
 log = logging.getLogger("scfm.bench")
 
@@ -74,10 +75,7 @@ def read_external(
     dimension, in file order; all of them must be numeric.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ScfmInputError(
-            path, "file", "does not exist or is not a regular file", "an embedding file"
-        )
+    check_input(path, "file", "an embedding file (h5ad or parquet)")
     suffix = path.suffix.lower()
     if suffix == ".h5ad":
         adata = ad.read_h5ad(path, backed="r")
@@ -261,6 +259,8 @@ def external_embedding(
     cell_id, n_dims, allow_extra_cells). Returns the output path.
     """
     data_h5ad, out_h5ad = Path(data_h5ad), Path(out_h5ad)
+    source = spec.get("path") if spec.get("kind") == "precomputed" else None
+    check_outputs_not_inputs({"output": out_h5ad}, {"evalset": data_h5ad, "path": source})
     obs = read_dataframe(data_h5ad, "obs")
     cells = pd.Index(obs.index.astype(str))
     kind = spec["kind"]
