@@ -203,19 +203,54 @@ def _data_line(path: str | Path, row: int) -> tuple[int, str]:
     return -1, ""
 
 
-def _short_line(path: str | Path, n_columns: int) -> tuple[int, str]:
-    """(line number, text) of the first data line with fewer than ``n_columns`` fields."""
-    for lineno, text in _data_lines(path):
-        if text.count("\t") + 1 < n_columns:
+def _odd_line(path: str | Path, n_columns: int, rows: Iterable[int] | None = None):
+    """(line number, text) of the first data line whose field count is not ``n_columns``.
+
+    ``rows`` (0-based data rows, ascending) restricts the search to those rows; (-1, "") when
+    every line (or every listed row) has ``n_columns`` fields.
+    """
+    wanted = None if rows is None else iter(sorted(rows))
+    target = next(wanted, None) if wanted is not None else None
+    for i, (lineno, text) in enumerate(_data_lines(path)):
+        if wanted is not None:
+            if target is None:
+                break
+            if i != target:
+                continue
+            target = next(wanted, None)
+        if text.count("\t") + 1 != n_columns:
             return lineno, text
     return -1, ""
+
+
+def _field_count_error(path: str | Path, lineno: int, text: str, n_columns: int):
+    """The error of a line whose field count differs from the first data line's."""
+    first, _ = _data_line(path, 0)
+    n = text.count("\t") + 1
+    return ScfmInputError(
+        path,
+        f"line {lineno}",
+        f"{n} tab-separated field(s) in {text!r}, but {n_columns} on line {first} "
+        "(the first data line)",
+        f"{n_columns} fields on every line, as on line {first} (chrom, start, end, "
+        "barcode[, count]; a barcode cannot contain a tab)",
+    )
 
 
 def _frames(
     path: str | Path, n_columns: int, chunk_size: int
 ) -> Iterator[tuple[pd.DataFrame, int]]:
-    """Raw pandas chunks of the first ``n_columns`` fields, with the index of their first row."""
-    names = FIELDS[:n_columns]
+    """Raw pandas chunks of every field, with the index of their first row.
+
+    Every line must have ``n_columns`` fields (the first data line's count). Reading only the
+    first columns (``usecols``) would silently drop a later line's extra field, e.g. a count
+    column that starts halfway, so one more column than the first line has is read
+    (``_more``): a longer line fills it, a shorter one reads NaN in its last fields, and
+    :func:`_validate` reports either naming the line. (pandas' own "Expected n fields" check
+    misses a longer line that opens a chunk; lines longer by two or more raise it.)
+    """
+    names = FIELDS[: min(n_columns, 5)] + [f"extra{i}" for i in range(6, n_columns + 1)]
+    names.append("_more")
     row0 = 0
     try:
         reader = pd.read_csv(
@@ -224,7 +259,6 @@ def _frames(
             header=None,
             skiprows=_header_lines(path),
             names=names,
-            usecols=range(n_columns),
             dtype={"chrom": "category", "barcode": "category"},
             chunksize=chunk_size,
             engine="c",
@@ -241,14 +275,9 @@ def _frames(
     except UnicodeDecodeError as exc:
         raise ScfmInputError(path, "encoding", f"not UTF-8 text ({exc})", "a text file") from exc
     except pd.errors.ParserError as exc:
-        lineno, text = _short_line(path, n_columns)
+        lineno, text = _odd_line(path, n_columns)
         if lineno > 0:
-            raise ScfmInputError(
-                path,
-                f"line {lineno}",
-                f"{text.count(chr(9)) + 1} field(s) in {text!r}",
-                f"{n_columns} tab-separated fields like the first line",
-            ) from exc
+            raise _field_count_error(path, lineno, text, n_columns) from exc
         raise ScfmInputError(path, "format", f"cannot parse: {exc}", "tab-separated lines") from exc
 
 
@@ -272,8 +301,15 @@ def _as_int(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return np.where(bad, 0, num).astype(np.int64), bad
 
 
-def _validate(path: str | Path, frame: pd.DataFrame, row0: int) -> tuple[np.ndarray, ...]:
-    """Check one raw chunk; return ``start, end, count`` as integer arrays or raise."""
+def _validate(
+    path: str | Path, frame: pd.DataFrame, row0: int, n_columns: int
+) -> tuple[np.ndarray, ...]:
+    """Check one raw chunk; return ``start, end, count`` as integer arrays or raise.
+
+    A line with fewer fields than the first data line reads as NaN in its last fields: the
+    first problem row is looked up in the text, and a field-count difference is reported as
+    such (not as the empty field it looks like).
+    """
     start, bad_start = _as_int(frame["start"])
     end, bad_end = _as_int(frame["end"])
     checks = {
@@ -289,10 +325,22 @@ def _validate(path: str | Path, frame: pd.DataFrame, row0: int) -> tuple[np.ndar
         checks["count"] = bad_count | (count < 1)
     else:
         count = np.ones(len(frame), np.int64)
+    longer = frame["_more"].notna().to_numpy()
+    if longer.any():
+        lineno, text = _data_line(path, row0 + int(np.argmax(longer)))
+        raise _field_count_error(path, lineno, text, n_columns)
+    if n_columns > 5:  # extra fields: only their presence is checked (empty ones are fine)
+        short = np.flatnonzero(frame[frame.columns[-2]].isna().to_numpy())
+        if len(short):
+            lineno, text = _odd_line(path, n_columns, row0 + short)
+            if lineno > 0:
+                raise _field_count_error(path, lineno, text, n_columns)
     first = {k: int(np.argmax(v)) for k, v in checks.items() if v.any()}
     if first:
         kind = min(first, key=first.__getitem__)
         lineno, text = _data_line(path, row0 + first[kind])
+        if text.count("\t") + 1 != n_columns:
+            raise _field_count_error(path, lineno, text, n_columns)
         where, problem, expected = _PROBLEMS[kind]
         n_bad = int(sum(v.sum() for v in checks.values()))
         raise ScfmInputError(
@@ -334,8 +382,8 @@ def iter_fragments(
             f"{n_columns} tab-separated column(s) in {text!r}" if n_columns else "no data lines",
             "chrom, start, end, barcode[, count] separated by tabs",
         )
-    for frame, row0 in _frames(path, min(n_columns, 5), chunk_size):
-        start, end, count = _validate(path, frame, row0)
+    for frame, row0 in _frames(path, n_columns, chunk_size):
+        start, end, count = _validate(path, frame, row0, n_columns)
         yield FragmentChunk(
             chrom=chroms.encode(frame["chrom"]),
             start=start,
