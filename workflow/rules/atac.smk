@@ -26,6 +26,8 @@ rule atac_fragments:
     output:
         fragments="results/atac/{dataset}/fragments.tsv.gz",
         index="results/atac/{dataset}/fragments.tsv.gz.tbi",
+        # the same fragments as binary records + the QC sums: later rules read this, not text
+        sidecar="results/atac/{dataset}/fragments.tsv.gz.scfm",
     log:
         "logs/atac_fragments/{dataset}.log",
     wildcard_constraints:
@@ -43,6 +45,7 @@ rule atac_qc:
     input:
         unpack(get_atac_genome),
         fragments="results/atac/{dataset}/fragments.tsv.gz",
+        sidecar="results/atac/{dataset}/fragments.tsv.gz.scfm",
         manifest="resources/raw/{dataset}/manifest.json",
     output:
         table="results/atac/{dataset}/qc.tsv",
@@ -69,6 +72,7 @@ rule atac_tiles:
     input:
         unpack(get_atac_genome),
         fragments="results/atac/{dataset}/fragments.tsv.gz",
+        sidecar="results/atac/{dataset}/fragments.tsv.gz.scfm",
         barcodes="results/atac/{dataset}/barcodes.tsv",
     output:
         h5ad="results/atac/{dataset}.tiles.h5ad",
@@ -87,6 +91,7 @@ rule atac_summits:
     input:
         unpack(get_atac_genome),
         fragments="results/atac/{dataset}/fragments.tsv.gz",
+        sidecar="results/atac/{dataset}/fragments.tsv.gz.scfm",
         barcodes="results/atac/{dataset}/barcodes.tsv",
     output:
         summits="results/atac/{dataset}/summits.bed",
@@ -120,6 +125,7 @@ rule atac_peakset:
 rule atac_peak_matrix:
     input:
         fragments="results/atac/{dataset}/fragments.tsv.gz",
+        sidecar="results/atac/{dataset}/fragments.tsv.gz.scfm",
         barcodes="results/atac/{dataset}/barcodes.tsv",
         peaks=get_dataset_peakset,
     output:
@@ -139,6 +145,7 @@ rule atac_activity:
     input:
         unpack(get_atac_genome),
         fragments="results/atac/{dataset}/fragments.tsv.gz",
+        sidecar="results/atac/{dataset}/fragments.tsv.gz.scfm",
         barcodes="results/atac/{dataset}/barcodes.tsv",
     output:
         h5ad="results/atac/{dataset}.genes.h5ad",

@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import collections
 import csv
+import contextlib
 import gzip
+import hashlib
 import io
 import logging
 import os
@@ -393,6 +395,43 @@ def iter_fragments(
         )
 
 
+def read_chunks(
+    path: str | Path,
+    *,
+    chroms: Index | None = None,
+    barcodes: Index | None = None,
+    chunk_size: int = 2_000_000,
+) -> Iterator[FragmentChunk]:
+    """:func:`iter_fragments`, read from the binary sidecar when one describes ``path``.
+
+    A file written by :func:`prepare_fragments` has a sidecar (:mod:`scfm.atac.sidecar`): the
+    same fragments as binary records, read without parsing text. Chunks then never span two
+    chromosomes, and ``count`` is not kept there: every chunk's ``count`` is 1. Use this for
+    counting (tiles, peaks, gene activity, pseudobulk), which ignores ``count``; use
+    :func:`iter_fragments` where the count matters. Any other file is parsed as text.
+    """
+    from scfm.atac.sidecar import Sidecar
+
+    side = Sidecar.open(path)
+    if side is None:
+        yield from iter_fragments(path, chroms=chroms, barcodes=barcodes, chunk_size=chunk_size)
+        return
+    chroms = chroms if chroms is not None else Index()
+    barcodes = barcodes if barcodes is not None else Index()
+    lut = np.fromiter((barcodes.add(b) for b in side.barcodes), np.int32)
+    codes = {name: chroms.add(name) for name in side.chrom_names}
+    log.debug("%s: reading %d fragments from its sidecar", path, side.n_fragments)
+    for name, rec in side.records(chunk_size):
+        n = len(rec)
+        yield FragmentChunk(
+            chrom=np.full(n, codes[name], np.int32),
+            start=rec["start"].astype(np.int64),
+            end=rec["end"].astype(np.int64),
+            barcode=lut[rec["barcode"]] if len(lut) else np.full(n, -1, np.int32),
+            count=np.ones(n, np.int32),
+        )
+
+
 # ----------------------------------------------------------------------------- writing
 @numba.njit(cache=True)
 def _put_int(buf: np.ndarray, p: int, v: int) -> int:
@@ -452,6 +491,8 @@ class BgzfWriter:
         from concurrent.futures import ThreadPoolExecutor
 
         self._fh = Path(path).open("wb")  # noqa: SIM115 (closed by close()/__exit__)
+        self.sha256 = hashlib.sha256()  # of the compressed bytes written (the sidecar's check)
+        self.size = 0
         self._level = level
         self._buf = bytearray()
         self._pending: collections.deque = collections.deque()
@@ -491,7 +532,7 @@ class BgzfWriter:
     def _submit(self, chunk: bytes) -> None:
         self._pending.append(self._pool.submit(self._deflate, chunk))
         while len(self._pending) > 4 * self._threads:
-            self._fh.write(self._pending.popleft().result())
+            self._out(self._pending.popleft().result())
 
     def close(self) -> None:
         """Compress what is left, write the end-of-file block and close the file."""
@@ -499,11 +540,16 @@ class BgzfWriter:
             self._pending.append(self._pool.submit(self._deflate, bytes(self._buf)))
             self._buf.clear()
         for fut in self._pending:
-            self._fh.write(fut.result())
+            self._out(fut.result())
         self._pending.clear()
         self._pool.shutdown()
-        self._fh.write(BGZF_EOF)
+        self._out(BGZF_EOF)
         self._fh.close()
+
+    def _out(self, data: bytes) -> None:
+        self._fh.write(data)
+        self.sha256.update(data)
+        self.size += len(data)
 
     def __enter__(self) -> BgzfWriter:
         return self
@@ -536,6 +582,7 @@ def write_fragments(
     batch_size: int = 500_000,
     level: int = 3,
     threads: int | None = None,
+    sidecar: dict[str, Any] | None = None,
 ) -> Path:
     """Write sorted blocks as a BGZF fragment file plus its tabix index, both atomically.
 
@@ -545,8 +592,15 @@ def write_fragments(
     ``out``; on success the old ``out`` is removed, the index renamed into place, then the data
     (the commit point): a killed job never leaves a data file without its matching index.
     ``csi=True`` writes a ``.csi`` index (needed for chromosomes longer than 512 Mbp).
+
+    ``sidecar`` (a dict: ``arrays`` name -> array, ``meta`` dict, ``wide`` bool) also writes the
+    binary sidecar :mod:`scfm.atac.sidecar` (the same fragments as records, plus those arrays)
+    beside ``out``, renamed into place just before the data; without it a stale sidecar of an
+    older ``out`` is removed.
     """
     import pysam
+
+    from scfm.atac import sidecar as sc
 
     out = Path(out)
     encoded = [b.encode() for b in barcodes]
@@ -555,9 +609,16 @@ def write_fragments(
     bc_bytes = np.frombuffer(b"".join(encoded), np.uint8) if encoded else np.zeros(0, np.uint8)
     max_bc = int(np.diff(bc_off).max()) if len(encoded) else 0
     index_path = Path(f"{out}.csi" if csi else f"{out}.tbi")
-    with atomic_path(out, suffix=".tmp.gz") as tmp:
+    with atomic_path(out, suffix=".tmp.gz") as tmp, contextlib.ExitStack() as stack:
+        side = None
+        if sidecar is not None:
+            side_tmp = stack.enter_context(atomic_path(sc.sidecar_path(out), suffix=".tmp.scfm"))
+            side = sc.SidecarWriter(side_tmp, wide=bool(sidecar.get("wide")))
+            stack.callback(side.abort)
         with BgzfWriter(tmp, level=level, threads=threads) as fh:
             for block in blocks:
+                if side is not None:
+                    side.add_chrom(block.chrom, block.start, block.end, block.barcode)
                 chrom = np.frombuffer(block.chrom.encode(), np.uint8)
                 for i in range(0, len(block.start), batch_size):
                     sl = slice(i, i + batch_size)
@@ -574,6 +635,17 @@ def write_fragments(
                         buf,
                     )
                     fh.write(buf[:used])
+        if side is not None:
+            for name, array in (sidecar.get("arrays") or {}).items():
+                side.add_array(name, array)
+            side.finish(
+                barcodes,
+                bgzf_size=fh.size,
+                bgzf_sha256=fh.sha256.hexdigest(),
+                meta=sidecar.get("meta"),
+            )
+        else:
+            sc.remove(out)
         with atomic_path(index_path, suffix=".tmp.idx") as tmp_index:
             pysam.tabix_index(str(tmp), preset="bed", force=True, index=str(tmp_index), csi=csi)
             out.unlink(missing_ok=True)
@@ -696,8 +768,10 @@ def prepare_fragments(
     ``sorted_input``, ``renamed_chroms``, ``n_columns``, ``seconds``, ``fragments_per_second``.
     """
     from scfm.atac.genome import harmonize_chrom
+    from scfm.atac.qc import QcAccumulator
 
     raw, out = Path(raw), Path(out)
+    qc = QcAccumulator(genome)  # barcode_qc's sums, in this pass (stored in the sidecar)
     t0 = time.perf_counter()
     wl = read_whitelist(whitelist) if whitelist is not None else None
     barcodes = Index(wl, frozen=True) if wl else Index()
@@ -744,6 +818,7 @@ def prepare_fragments(
             if len(used) < len(barcodes):
                 used = np.r_[used, np.zeros(len(barcodes) - len(used), bool)]
             used[bc] = True
+            qc.add(gchrom, bc, start, end, count)
             spill.append(gchrom, start, end, bc, count)
         n_out = int(spill.n.sum())
         if wl is not None and n_out == 0 and n_wl:
@@ -792,7 +867,18 @@ def prepare_fragments(
                     gnames[c], rec["start"], rec["end"], remap[rec["barcode"]], rec["count"]
                 )
 
-        write_fragments(out, blocks(), names, csi=bool(gsize.max() >= TBI_MAX_POSITION))
+        sums = qc.arrays(used_codes)
+        write_fragments(
+            out,
+            blocks(),
+            names,
+            csi=bool(gsize.max() >= TBI_MAX_POSITION),
+            sidecar={
+                "wide": bool(gsize.max() >= 2**31),
+                "arrays": {f"qc.{k}": v for k, v in sums.items()},
+                "meta": {"qc_key": qc.key, "genome": getattr(genome, "name", None)},
+            },
+        )
     finally:
         shutil.rmtree(spill_dir, ignore_errors=True)
     seconds = time.perf_counter() - t0

@@ -46,7 +46,7 @@ import pandas as pd
 from numba import njit
 
 from scfm import __version__
-from scfm.atac.fragments import Index, iter_fragments
+from scfm.atac.fragments import Index, read_chunks
 from scfm.atac.tiles import (
     IntervalMap,
     MatrixSummary,
@@ -188,7 +188,7 @@ def _write_pseudobulk(
     handles = [p.open("w") for p in group_files]
     try:
         for path in fragments_list:
-            chunks = iter_fragments(path, chroms=chroms, barcodes=barcodes, chunk_size=chunk_size)
+            chunks = read_chunks(path, chroms=chroms, barcodes=barcodes, chunk_size=chunk_size)
             for chunk in chunks:
                 keep = (chunk.barcode >= 0) & (chunk.chrom >= 0) & (chunk.end > chunk.start)
                 if code_group is None:

@@ -82,7 +82,7 @@ import scipy.sparse as sp
 from numba import njit
 
 from scfm import __version__
-from scfm.atac.fragments import FragmentChunk, Index, iter_fragments
+from scfm.atac.fragments import FragmentChunk, Index, read_chunks
 from scfm.atomic import atomic_path, temp_dir_beside
 from scfm.errors import ScfmInputError
 from scfm.io.h5ad import CsrH5adWriter
@@ -704,9 +704,7 @@ def count_features(
     spill_dir = temp_dir_beside(out_h5ad, spill=True)
     try:
         buckets = _Buckets(n_cells, spill_dir, buffer_pairs)
-        chunks = iter_fragments(
-            fragments, chroms=chroms, barcodes=cell_index, chunk_size=chunk_size
-        )
+        chunks = read_chunks(fragments, chroms=chroms, barcodes=cell_index, chunk_size=chunk_size)
         for chunk in _prefetch(chunks):
             n_read += len(chunk)
             ok = chunk.barcode >= 0
