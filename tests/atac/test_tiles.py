@@ -284,3 +284,17 @@ def test_reader_errors_propagate_and_leave_nothing(tmp_path, toy):
     with pytest.raises(ScfmInputError, match="end <= start"):
         tile_matrix(bad, genome, cells, tmp_path / "t.h5ad", chunk_size=64)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.tsv"]
+
+
+def test_bin_names_equal_python_strings():
+    from scfm.atac.tiles import BinMap
+
+    sizes = {"chr1": 248_956_422, "chrUn_KI270302v1": 2_274, "chrM": 16_569, "x": 500, "y": 999}
+    bins = BinMap(sizes, 500)
+    expected = [
+        f"{c}:{s}-{min(s + 500, n)}" for c, n in sizes.items() for s in range(0, n, 500)
+    ]
+    names = bins.names()
+    assert names.dtype.kind == "S" and len(names) == bins.n_features == len(expected)
+    assert [b.decode() for b in names] == expected
+    assert [b.decode() for b in bins.names(497_912, 497_915)] == expected[497_912:497_915]
