@@ -46,6 +46,7 @@ import numba
 import numpy as np
 import pandas as pd
 
+from scfm.atac.tabix import TbiBuilder
 from scfm.atomic import atomic_path, temp_dir_beside
 from scfm.errors import ScfmInputError
 
@@ -452,8 +453,11 @@ def _put_int(buf: np.ndarray, p: int, v: int) -> int:
 
 
 @numba.njit(cache=True)
-def _format_lines(chrom, start, end, bc, count, bc_bytes, bc_off, buf) -> int:
-    """Write tab-separated ``chrom start end barcode count`` lines into ``buf``; bytes used."""
+def _format_lines(chrom, start, end, bc, count, bc_bytes, bc_off, buf, line_end) -> int:
+    """Write tab-separated ``chrom start end barcode count`` lines into ``buf``; bytes used.
+
+    ``line_end[i]`` gets the position in ``buf`` just past line ``i`` (for the tabix index).
+    """
     p = 0
     for i in range(start.size):
         for b in chrom:
@@ -472,6 +476,7 @@ def _format_lines(chrom, start, end, bc, count, bc_bytes, bc_off, buf) -> int:
         p = _put_int(buf, p + 1, count[i])
         buf[p] = 10
         p += 1
+        line_end[i] = p
     return p
 
 
@@ -493,6 +498,8 @@ class BgzfWriter:
         self._fh = Path(path).open("wb")  # noqa: SIM115 (closed by close()/__exit__)
         self.sha256 = hashlib.sha256()  # of the compressed bytes written (the sidecar's check)
         self.size = 0
+        self.block_sizes: list[int] = []  # compressed size of each data block (tabix offsets)
+        self.uncompressed = 0  # bytes given to write()
         self._level = level
         self._buf = bytearray()
         self._pending: collections.deque = collections.deque()
@@ -517,6 +524,7 @@ class BgzfWriter:
     def write(self, data: bytes | memoryview) -> None:
         """Queue ``data``; full blocks are compressed in the background, written in order."""
         view = memoryview(data).cast("B")
+        self.uncompressed += len(view)
         if self._buf:  # complete the partial block left by the previous call
             take = min(self.block - len(self._buf), len(view))
             self._buf += view[:take]
@@ -543,13 +551,15 @@ class BgzfWriter:
             self._out(fut.result())
         self._pending.clear()
         self._pool.shutdown()
-        self._out(BGZF_EOF)
+        self._out(BGZF_EOF, block=False)
         self._fh.close()
 
-    def _out(self, data: bytes) -> None:
+    def _out(self, data: bytes, *, block: bool = True) -> None:
         self._fh.write(data)
         self.sha256.update(data)
         self.size += len(data)
+        if block:
+            self.block_sizes.append(len(data))
 
     def __enter__(self) -> BgzfWriter:
         return self
@@ -583,12 +593,14 @@ def write_fragments(
     level: int = 3,
     threads: int | None = None,
     sidecar: dict[str, Any] | None = None,
+    chrom_sizes: dict[str, int] | None = None,
 ) -> Path:
     """Write sorted blocks as a BGZF fragment file plus its tabix index, both atomically.
 
     ``blocks`` must come in output order, each sorted by start. Lines are formatted by a numba
-    kernel and compressed by :class:`BgzfWriter` (``level``, ``threads``); pysam (htslib)
-    builds the index. The data and index go to temporary files beside
+    kernel and compressed by :class:`BgzfWriter` (``level``, ``threads``); the ``.tbi`` is
+    built as the lines are written (:mod:`scfm.atac.tabix`; ``chrom_sizes`` sizes its linear
+    index up front), a ``.csi`` by pysam (htslib). The data and index go to temporary files beside
     ``out``; on success the old ``out`` is removed, the index renamed into place, then the data
     (the commit point): a killed job never leaves a data file without its matching index.
     ``csi=True`` writes a ``.csi`` index (needed for chromosomes longer than 512 Mbp).
@@ -609,6 +621,8 @@ def write_fragments(
     bc_bytes = np.frombuffer(b"".join(encoded), np.uint8) if encoded else np.zeros(0, np.uint8)
     max_bc = int(np.diff(bc_off).max()) if len(encoded) else 0
     index_path = Path(f"{out}.csi" if csi else f"{out}.tbi")
+    tbi = None if csi else TbiBuilder(BgzfWriter.block)
+    sizes = dict(chrom_sizes or {})
     with atomic_path(out, suffix=".tmp.gz") as tmp, contextlib.ExitStack() as stack:
         side = None
         if sidecar is not None:
@@ -624,16 +638,24 @@ def write_fragments(
                     sl = slice(i, i + batch_size)
                     n = len(block.start[sl])
                     buf = np.empty(n * (len(chrom) + max_bc + 5 + 3 * 20), np.uint8)
+                    line_end = np.empty(n, np.int64)
+                    start, end = block.start[sl].astype(np.int64), block.end[sl].astype(np.int64)
                     used = _format_lines(
                         chrom,
-                        block.start[sl].astype(np.int64),
-                        block.end[sl].astype(np.int64),
+                        start,
+                        end,
                         block.barcode[sl].astype(np.int64),
                         block.count[sl].astype(np.int64),
                         bc_bytes,
                         bc_off,
                         buf,
+                        line_end,
                     )
+                    if tbi is not None:
+                        line_end += fh.uncompressed
+                        line_start = np.r_[fh.uncompressed, line_end[:-1]]
+                        size = sizes.get(block.chrom, int(end.max()) if n else 0)
+                        tbi.add(block.chrom, size, start, end, line_start, line_end)
                     fh.write(buf[:used])
         if side is not None:
             for name, array in (sidecar.get("arrays") or {}).items():
@@ -647,7 +669,10 @@ def write_fragments(
         else:
             sc.remove(out)
         with atomic_path(index_path, suffix=".tmp.idx") as tmp_index:
-            pysam.tabix_index(str(tmp), preset="bed", force=True, index=str(tmp_index), csi=csi)
+            if tbi is not None:  # built while writing: no second read of the file
+                tbi.write(tmp_index, fh.block_sizes, fh.uncompressed)
+            else:
+                pysam.tabix_index(str(tmp), preset="bed", force=True, index=str(tmp_index), csi=True)
             out.unlink(missing_ok=True)
     return out
 
@@ -873,6 +898,7 @@ def prepare_fragments(
             blocks(),
             names,
             csi=bool(gsize.max() >= TBI_MAX_POSITION),
+            chrom_sizes=dict(genome.chrom_sizes),
             sidecar={
                 "wide": bool(gsize.max() >= 2**31),
                 "arrays": {f"qc.{k}": v for k, v in sums.items()},
