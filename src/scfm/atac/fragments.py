@@ -605,7 +605,8 @@ def write_fragments(
     (the commit point): a killed job never leaves a data file without its matching index.
     ``csi=True`` writes a ``.csi`` index (needed for chromosomes longer than 512 Mbp).
 
-    ``sidecar`` (a dict: ``arrays`` name -> array, ``meta`` dict, ``wide`` bool) also writes the
+    ``sidecar`` (a dict: ``arrays`` name -> array, ``meta`` dict, ``wide`` bool, ``barcodes``: the
+    names to store when they extend ``barcodes``) also writes the
     binary sidecar :mod:`scfm.atac.sidecar` (the same fragments as records, plus those arrays)
     beside ``out``, renamed into place just before the data; without it a stale sidecar of an
     older ``out`` is removed.
@@ -661,7 +662,7 @@ def write_fragments(
             for name, array in (sidecar.get("arrays") or {}).items():
                 side.add_array(name, array)
             side.finish(
-                barcodes,
+                sidecar.get("barcodes", barcodes),
                 bgzf_size=fh.size,
                 bgzf_sha256=fh.sha256.hexdigest(),
                 meta=sidecar.get("meta"),
@@ -770,8 +771,13 @@ def prepare_fragments(
     chunk_size: int = 2_000_000,
     max_beyond_end: float = 0.001,
     tmp_dir: str | Path | None = None,
+    blacklist: str | Path | None = None,
 ) -> dict[str, Any]:
     """Validate ``raw`` and write a clean fragment file ``out`` (+ ``out.tbi``), atomically.
+
+    ``blacklist`` (a BED file, checked by :func:`scfm.atac.blacklist.read_blacklist`) removes
+    every fragment overlapping one of its regions; the sidecar's QC sums then count them per
+    barcode (``n_blacklist``) and the returned ``n_blacklisted`` in total.
 
     ``out`` is BGZF with 5 columns (``count`` is 1 where ``raw`` had none), chromosome names of
     ``genome``, coordinate-sorted in genome chromosome order, indexed with tabix (``.csi`` for
@@ -797,6 +803,12 @@ def prepare_fragments(
 
     raw, out = Path(raw), Path(out)
     qc = QcAccumulator(genome)  # barcode_qc's sums, in this pass (stored in the sidecar)
+    black = None
+    if blacklist is not None:
+        from scfm.atac.blacklist import read_blacklist
+
+        black = read_blacklist(blacklist, genome)  # checked before any fragment is read
+    n_black = 0
     t0 = time.perf_counter()
     wl = read_whitelist(whitelist) if whitelist is not None else None
     barcodes = Index(wl, frozen=True) if wl else Index()
@@ -834,6 +846,11 @@ def prepare_fragments(
             beyond = keep & (chunk.end > gsize[np.maximum(gchrom, 0)])
             n_beyond += int(beyond.sum())
             keep &= ~beyond
+            if black is not None:
+                hit = keep & black.overlaps(np.maximum(gchrom, 0), chunk.start, chunk.end)
+                n_black += int(hit.sum())
+                qc.add_blacklisted(chunk.barcode[hit])
+                keep &= ~hit
             if not keep.all():
                 gchrom = gchrom[keep]
                 start, end = chunk.start[keep], chunk.end[keep]
@@ -867,7 +884,8 @@ def prepare_fragments(
                 raw,
                 "fragments",
                 f"{n_out} fragments left of {n_in} read "
-                f"(dropped: {_dropped_dict(chroms, dropped)}, not whitelisted: {n_wl})",
+                f"(dropped: {_dropped_dict(chroms, dropped)}, not whitelisted: {n_wl}, "
+                f"blacklisted: {n_black})",
                 f"at least min_fragments={min_fragments}",
             )
         if not sortcheck.sorted:
@@ -892,7 +910,13 @@ def prepare_fragments(
                     gnames[c], rec["start"], rec["end"], remap[rec["barcode"]], rec["count"]
                 )
 
-        sums = qc.arrays(used_codes)
+        # barcodes whose every fragment was blacklisted stay in the QC sums (after the others;
+        # the sidecar lists them, no record refers to them)
+        qc_codes = used_codes
+        if qc.n_blacklist is not None:
+            hit = np.flatnonzero(qc.n_blacklist[: len(barcodes)] > 0)
+            qc_codes = np.r_[used_codes, hit[~used[hit]]]
+        sums = qc.arrays(qc_codes)
         write_fragments(
             out,
             blocks(),
@@ -900,6 +924,7 @@ def prepare_fragments(
             csi=bool(gsize.max() >= TBI_MAX_POSITION),
             chrom_sizes=dict(genome.chrom_sizes),
             sidecar={
+                "barcodes": [barcodes.names[i] for i in qc_codes],
                 "wide": bool(gsize.max() >= 2**31),
                 "arrays": {f"qc.{k}": v for k, v in sums.items()},
                 "meta": {"qc_key": qc.key, "genome": getattr(genome, "name", None)},
@@ -920,13 +945,16 @@ def prepare_fragments(
         "renamed_chroms": {k: v for k, v in cm.mapping.items() if k != v},
         "n_not_whitelisted": n_wl,
         "n_beyond_chrom_end": n_beyond,
+        "blacklist": str(blacklist) if blacklist is not None else None,
+        "n_blacklisted": n_black,
         "n_barcodes": len(names),
         "sorted_input": sortcheck.sorted,
         "seconds": round(seconds, 3),
         "fragments_per_second": round(n_in / max(seconds, 1e-9)),
     }
     log.info(
-        "%s -> %s: %d of %d fragments, %d barcodes, %s input, dropped contigs %s (%.1fs)",
+        "%s -> %s: %d of %d fragments, %d barcodes, %s input, dropped contigs %s, "
+        "blacklisted %d (%.1fs)",
         raw,
         out,
         n_out,
@@ -934,6 +962,7 @@ def prepare_fragments(
         len(names),
         "sorted" if sortcheck.sorted else "UNSORTED (sorted)",
         stats["dropped_chroms"],
+        n_black,
         seconds,
     )
     return stats

@@ -64,6 +64,9 @@ TSS_SMOOTH = 5  # half-width of the moving average at the TSS
 TSS_PSEUDOCOUNT = 0.1  # added to the per-position background
 NFR_MAX = 147  # nucleosome-free: length < 147
 MONO_MAX = 294  # mono-nucleosome: 147 <= length < 294
+# with a blacklist (prepare_fragments' blacklist=): fragments removed, and their share of all
+# the barcode's fragments (removed + n_fragment + n_mito)
+BLACKLIST_COLUMNS = ["n_blacklist", "frac_blacklist"]
 QC_COLUMNS = [
     "n_fragment",
     "n_mito",
@@ -123,6 +126,7 @@ class QcAccumulator:
         }
         self.max_length = int(max_length)
         self.acc = {k: np.zeros(1024, np.int64) for k in _ACCUMULATORS}
+        self.n_blacklist: np.ndarray | None = None  # fragments removed by a blacklist
         self.hist = np.zeros(self.max_length + 1, np.int64)
         h = hashlib.sha256()
         h.update(json.dumps([self.gnames, self.mito.tolist(), self.max_length, _DEFINITION]).encode())
@@ -161,10 +165,25 @@ class QcAccumulator:
             acc["tss_center"] += np.bincount(b, center, n_bc).astype(np.int64)
             acc["tss_flank"] += np.bincount(b, flank, n_bc).astype(np.int64)
 
+    def add_blacklisted(self, bc: np.ndarray) -> None:
+        """Fragments of barcode codes ``bc`` removed because they overlap a blacklisted region."""
+        if self.n_blacklist is None:
+            self.n_blacklist = np.zeros(1024, np.int64)
+        n = int(bc.max()) + 1 if len(bc) else 0
+        if n > len(self.n_blacklist):
+            self.n_blacklist = np.r_[self.n_blacklist, np.zeros(max(n, len(self.n_blacklist)), np.int64)]
+        self.n_blacklist += np.bincount(bc, minlength=len(self.n_blacklist))
+
     def arrays(self, codes: np.ndarray) -> dict[str, np.ndarray]:
         """The sums of barcode ``codes`` (in that order) and the length histogram."""
-        _grow(self.acc, int(codes.max()) + 1 if len(codes) else 0)
-        return {**{k: v[codes] for k, v in self.acc.items()}, "length_hist": self.hist.copy()}
+        n = int(codes.max()) + 1 if len(codes) else 0
+        _grow(self.acc, n)
+        out = {**{k: v[codes] for k, v in self.acc.items()}, "length_hist": self.hist.copy()}
+        if self.n_blacklist is not None:
+            if n > len(self.n_blacklist):
+                self.n_blacklist = np.r_[self.n_blacklist, np.zeros(n, np.int64)]
+            out["n_blacklist"] = self.n_blacklist[codes]
+        return out
 
 
 # bumped when a definition in this module changes (stored sums are then recomputed)
@@ -174,7 +193,8 @@ _DEFINITION = "qc-v1"
 def _table(
     names: Sequence[str], arrays: Mapping[str, np.ndarray], barcodes: Sequence[str] | None
 ) -> pd.DataFrame:
-    table = pd.DataFrame({k: arrays[k] for k in _ACCUMULATORS}, index=pd.Index(names))
+    columns = [*_ACCUMULATORS, *(["n_blacklist"] if "n_blacklist" in arrays else [])]
+    table = pd.DataFrame({k: arrays[k] for k in columns}, index=pd.Index(names))
     if barcodes is None:
         table = table.sort_index()  # codes follow chunking; sorted names do not
     else:
@@ -195,6 +215,9 @@ def stored_qc(
     arrays = {k: side.array(f"qc.{k}") for k in (*_ACCUMULATORS, "length_hist")}
     if any(a is None for a in arrays.values()):
         return None
+    blacklisted = side.array("qc.n_blacklist")
+    if blacklisted is not None:
+        arrays["n_blacklist"] = blacklisted
     return side.barcodes, arrays
 
 
@@ -249,7 +272,8 @@ def barcode_qc(
     else:
         table, hist = _qc_pass(fragments, genome, qc, chunk_size, barcodes, chrom_map)
     length_hist = pd.Series(hist, index=pd.RangeIndex(max_length + 1, name="length"), name="n")
-    return table[QC_COLUMNS], length_hist
+    extra = BLACKLIST_COLUMNS if "n_blacklist" in table else []
+    return table[QC_COLUMNS + extra], length_hist
 
 
 def _qc_pass(
@@ -303,6 +327,11 @@ def _derive(t: pd.DataFrame) -> pd.DataFrame:
         background = t["tss_flank"].to_numpy(float) / (2 * TSS_FLANK) + TSS_PSEUDOCOUNT
         t["tsse"] = center / background
         t["nucleosome_signal"] = t["n_mono"].to_numpy(float) / t["n_nfr"].to_numpy(float)
+        if "n_blacklist" in t:
+            removed = t["n_blacklist"].to_numpy(float)
+            t["frac_blacklist"] = np.where(
+                removed + unique > 0, removed / (removed + unique), np.nan
+            )
     return t
 
 
