@@ -989,7 +989,9 @@ def bench_intervals(args: argparse.Namespace) -> dict[str, Any]:
         {
             "c": genes["chrom"].to_numpy(),
             "s": np.maximum(tss - np.where(plus, 1000, 500), 0),
-            "e": np.minimum(tss + np.where(plus, 500, 1000), genes["chrom"].map(genome.chrom_sizes)),
+            "e": np.minimum(
+                tss + np.where(plus, 500, 1000), genes["chrom"].map(genome.chrom_sizes)
+            ),
         }
     ).sort_values(["c", "s", "e"])
     bl_path = work / "blacklist.bed"
@@ -1037,7 +1039,12 @@ def bench_intervals(args: argparse.Namespace) -> dict[str, Any]:
         t_ours, a = timed(ours)
         t_theirs, b = timed(theirs)
         same = bool(np.array_equal(np.asarray(a), np.asarray(b)))
-        out[name] = {"ours_s": t_ours, "bedtools_s": t_theirs, "ratio": t_theirs / t_ours, "equal": same}
+        out[name] = {
+            "ours_s": t_ours,
+            "bedtools_s": t_theirs,
+            "ratio": t_theirs / t_ours,
+            "equal": same,
+        }
         print(
             f"{name}: ours {t_ours:.3f} s, bedtools {t_theirs:.3f} s: {t_theirs / t_ours:.1f}x "
             f"(results equal: {same})",

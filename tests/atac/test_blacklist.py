@@ -48,7 +48,9 @@ def promoters(genome: Genome, up: int = 1000, down: int = 500) -> pd.DataFrame:
 
 def write_bed(bed: pd.DataFrame, path: Path) -> Path:
     text = "".join(f"{c}\t{s}\t{e}\n" for c, s, e in bed.itertuples(index=False))
-    path.write_bytes(gzip.compress(text.encode(), mtime=0) if path.suffix == ".gz" else text.encode())
+    path.write_bytes(
+        gzip.compress(text.encode(), mtime=0) if path.suffix == ".gz" else text.encode()
+    )
     return path
 
 
@@ -168,8 +170,13 @@ def test_peak_merging_checked_by_bedtools(hg38_genome, tmp_path):
     tss = np.where(g["strand"] == "+", g["start"], g["end"] - 1)
     rng = np.random.default_rng(3)
     summits = pd.DataFrame(
-        {"chrom": g["chrom"].to_numpy(), "start": tss, "end": tss + 1, "name": "p",
-         "score": rng.gamma(2.0, 5.0, len(g)).round(3)}
+        {
+            "chrom": g["chrom"].to_numpy(),
+            "start": tss,
+            "end": tss + 1,
+            "name": "p",
+            "score": rng.gamma(2.0, 5.0, len(g)).round(3),
+        }
     ).sort_values(["chrom", "start"])
     path = tmp_path / "summits.bed"
     summits.to_csv(path, sep="\t", header=False, index=False)
@@ -179,7 +186,9 @@ def test_peak_merging_checked_by_bedtools(hg38_genome, tmp_path):
         kept = pybedtools.BedTool(str(out)).sort()
         assert kept.merge(d=-1).count() == len(peaks)  # no two kept peaks share a base
         s = summits.assign(start=(summits["start"] - 250).clip(lower=0), end=summits["start"] + 250)
-        score = dict(zip(peaks["chrom"] + ":" + peaks["start"].astype(str), peaks["score"], strict=True))
+        score = dict(
+            zip(peaks["chrom"] + ":" + peaks["start"].astype(str), peaks["score"], strict=True)
+        )
         total = summits["score"].sum()
         joined = pybedtools.BedTool.from_dataframe(s).intersect(kept, wa=True, wb=True)
         best: dict[tuple, float] = {}
@@ -187,8 +196,12 @@ def test_peak_merging_checked_by_bedtools(hg38_genome, tmp_path):
             key = (f.fields[0], int(f.fields[1]))
             best[key] = max(best.get(key, 0.0), score[f"{f.fields[5]}:{f.fields[6]}"])
         # every summit's window touches a kept peak at least as significant (score per million)
-        per_million = (s.assign(score=s["score"] / total * 1e6).groupby(["chrom", "start"])["score"]
-                       .max().to_dict())
+        per_million = (
+            s.assign(score=s["score"] / total * 1e6)
+            .groupby(["chrom", "start"])["score"]
+            .max()
+            .to_dict()
+        )
         assert best.keys() == per_million.keys()
         assert all(best[k] >= per_million[k] * (1 - 1e-7) for k in best)  # 8 digits in the BED
     finally:

@@ -95,7 +95,11 @@ def test_counts_from_sidecar_equal_counts_from_text(prepared, sim_atac, tmp_path
     peaks = tmp_path / "peaks.bed"
     genes = sim_atac.genome.genes.iloc[::5]
     pd.DataFrame(
-        {"c": genes["chrom"], "s": genes["start"], "e": np.minimum(genes["start"] + 700, genes["end"])}
+        {
+            "c": genes["chrom"],
+            "s": genes["start"],
+            "e": np.minimum(genes["start"] + 700, genes["end"]),
+        }
     ).to_csv(peaks, sep="\t", header=False, index=False)
     peak_matrix(out, peaks, cells, tmp_path / "p.side.h5ad", counting="fragment")
     peak_matrix(bare, peaks, cells, tmp_path / "p.text.h5ad", counting="fragment")

@@ -81,7 +81,9 @@ def test_index_of_long_and_short_fragments_equals_htslib(tmp_path):
     blocks = []
     for name, size in sizes.items():
         n = {"chr1": 200_000, "chr2": 30_000, "chr3": 50}[name]
-        length = np.where(rng.random(n) < 0.02, rng.integers(16_000, 300_000, n), rng.integers(20, 900, n))
+        length = np.where(
+            rng.random(n) < 0.02, rng.integers(16_000, 300_000, n), rng.integers(20, 900, n)
+        )
         start = np.sort(rng.integers(0, size - 300_000 if size > 300_000 else size // 2, n))
         end = np.minimum(start + length, size)
         bc = rng.integers(0, 50, n)
@@ -89,12 +91,20 @@ def test_index_of_long_and_short_fragments_equals_htslib(tmp_path):
     path = tmp_path / "f.tsv.gz"
     write_fragments(path, blocks, [f"BC{i}" for i in range(50)], chrom_sizes=sizes)
     index = assert_same_index(path, tmp_path)
-    levels = {max(lv for lv, first in enumerate([0, 1, 9, 73, 585, 4681]) if k >= first)
-              for ref in index["refs"] for k in ref["bins"] if k < 37450}
+    levels = {
+        max(lv for lv, first in enumerate([0, 1, 9, 73, 585, 4681]) if k >= first)
+        for ref in index["refs"]
+        for k in ref["bins"]
+        if k < 37450
+    }
     assert levels >= {2, 3, 4}  # leaves merged into parents; long fragments in upper bins
     with pysam.TabixFile(str(path)) as tbx:
-        for chrom, start, end in [("chr1", 0, 50), ("chr1", 1_234_567, 1_300_000),
-                                  ("chr2", 650_000, 700_000), ("chr3", 0, 40_000)]:
+        for chrom, start, end in [
+            ("chr1", 0, 50),
+            ("chr1", 1_234_567, 1_300_000),
+            ("chr2", 650_000, 700_000),
+            ("chr3", 0, 40_000),
+        ]:
             assert list(tbx.fetch(chrom, start, end)) == scan(path, chrom, start, end)
 
 

@@ -291,9 +291,7 @@ def test_bin_names_equal_python_strings():
 
     sizes = {"chr1": 248_956_422, "chrUn_KI270302v1": 2_274, "chrM": 16_569, "x": 500, "y": 999}
     bins = BinMap(sizes, 500)
-    expected = [
-        f"{c}:{s}-{min(s + 500, n)}" for c, n in sizes.items() for s in range(0, n, 500)
-    ]
+    expected = [f"{c}:{s}-{min(s + 500, n)}" for c, n in sizes.items() for s in range(0, n, 500)]
     names = bins.names()
     assert names.dtype.kind == "S" and len(names) == bins.n_features == len(expected)
     assert [b.decode() for b in names] == expected

@@ -47,7 +47,9 @@ rule atac_blacklist:
             s
             for s in [config["qc"]["atac"].get("blacklist")]
             + [d.get("qc", {}).get("blacklist") for d in DATASETS.values()]
-            if isinstance(s, dict) and s.get("url") and s["sha256"].startswith(wildcards.sha)
+            if isinstance(s, dict)
+            and s.get("url")
+            and s["sha256"].startswith(wildcards.sha)
         ),
     script:
         "../../scripts/atac_blacklist.py"

@@ -44,7 +44,7 @@ class Blacklist:
     bases: int  # bases covered after merging
 
     def overlaps(self, chrom: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
-        """True for fragments ``[start, end)`` on genome chromosome ``chrom`` that touch a region."""
+        """True for fragments ``[start, end)`` on genome chromosome ``chrom`` touching a region."""
         if not len(self.starts) or not len(start):
             return np.zeros(len(start), bool)
         base = np.asarray(chrom, np.int64) << _SHIFT
@@ -110,7 +110,9 @@ def read_blacklist(path: str | Path, genome: Any) -> Blacklist:
             f"chromosomes of the genome (e.g. {gnames[:3]})",
         )
     if contigs:
-        log.info("blacklist %s: regions on %d contig(s) outside the genome dropped", path, len(contigs))
+        log.info(
+            "blacklist %s: regions on %d contig(s) outside the genome dropped", path, len(contigs)
+        )
     keep = ~np.isin(chrom, contigs)
     rows = np.flatnonzero(keep)
     gidx = np.array([gnames.index(c) for c in names if c not in contigs])

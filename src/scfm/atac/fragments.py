@@ -27,8 +27,8 @@ for chr1 of a 100M-fragment file), independent of the file's total size.
 from __future__ import annotations
 
 import collections
-import csv
 import contextlib
+import csv
 import gzip
 import hashlib
 import io
@@ -673,7 +673,9 @@ def write_fragments(
             if tbi is not None:  # built while writing: no second read of the file
                 tbi.write(tmp_index, fh.block_sizes, fh.uncompressed)
             else:
-                pysam.tabix_index(str(tmp), preset="bed", force=True, index=str(tmp_index), csi=True)
+                pysam.tabix_index(
+                    str(tmp), preset="bed", force=True, index=str(tmp_index), csi=True
+                )
             out.unlink(missing_ok=True)
     return out
 

@@ -129,7 +129,9 @@ class QcAccumulator:
         self.n_blacklist: np.ndarray | None = None  # fragments removed by a blacklist
         self.hist = np.zeros(self.max_length + 1, np.int64)
         h = hashlib.sha256()
-        h.update(json.dumps([self.gnames, self.mito.tolist(), self.max_length, _DEFINITION]).encode())
+        h.update(
+            json.dumps([self.gnames, self.mito.tolist(), self.max_length, _DEFINITION]).encode()
+        )
         for c in sorted(self.tss_by_chrom):
             h.update(np.int64(c).tobytes() + self.tss_by_chrom[c].tobytes())
         self.key = h.hexdigest()
@@ -148,9 +150,7 @@ class QcAccumulator:
         bc_n, start, end, g_n = bc[nuclear], start[nuclear], end[nuclear], g[nuclear]
         acc["n_fragment"] += np.bincount(bc_n, minlength=n_bc)
         length = end - start
-        self.hist += np.bincount(
-            np.minimum(length, self.max_length), minlength=self.max_length + 1
-        )
+        self.hist += np.bincount(np.minimum(length, self.max_length), minlength=self.max_length + 1)
         acc["n_nfr"] += np.bincount(bc_n[length < NFR_MAX], minlength=n_bc)
         mono = (length >= NFR_MAX) & (length < MONO_MAX)
         acc["n_mono"] += np.bincount(bc_n[mono], minlength=n_bc)
@@ -171,7 +171,9 @@ class QcAccumulator:
             self.n_blacklist = np.zeros(1024, np.int64)
         n = int(bc.max()) + 1 if len(bc) else 0
         if n > len(self.n_blacklist):
-            self.n_blacklist = np.r_[self.n_blacklist, np.zeros(max(n, len(self.n_blacklist)), np.int64)]
+            self.n_blacklist = np.r_[
+                self.n_blacklist, np.zeros(max(n, len(self.n_blacklist)), np.int64)
+            ]
         self.n_blacklist += np.bincount(bc, minlength=len(self.n_blacklist))
 
     def arrays(self, codes: np.ndarray) -> dict[str, np.ndarray]:

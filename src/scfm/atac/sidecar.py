@@ -137,6 +137,7 @@ class SidecarWriter:
         return self.path
 
     def abort(self) -> None:
+        """Close the file (after an error, or again after :meth:`finish`)."""
         self._fh.close()
 
 
@@ -189,14 +190,17 @@ class Sidecar:
 
     @property
     def chrom_names(self) -> list[str]:
+        """Chromosomes, in file order."""
         return [c["name"] for c in self.footer["chroms"]]
 
     @property
     def n_fragments(self) -> int:
+        """Records in the sidecar (= lines of the BGZF file)."""
         return int(sum(c["n"] for c in self.footer["chroms"]))
 
     @property
     def meta(self) -> dict[str, Any]:
+        """What the writer recorded (``qc_key``, genome name)."""
         return self.footer.get("meta", {})
 
     def _corrupt(self, what: str) -> ScfmInputError:

@@ -42,9 +42,10 @@ Streaming and memory
 --------------------
 Fragments are coordinate-sorted, not cell-sorted, so the matrix cannot be written row by row
 while reading. A file written by :func:`scfm.atac.fragments.prepare_fragments` is read from its
-binary sidecar (:mod:`scfm.atac.sidecar`), any other file is parsed. One pass over the file turns each chunk into (cell, feature) pairs with numba
-kernels (the file is parsed in a background thread meanwhile) and appends them to one of up to
-256 buckets of consecutive cells. Buckets stay in memory until ``buffer_pairs`` pairs are held
+binary sidecar (:mod:`scfm.atac.sidecar`), any other file is parsed. One pass over the file
+turns each chunk into (cell, feature) pairs with numba kernels (the file is read in a
+background thread meanwhile) and appends them to one of up to 256 buckets of consecutive
+cells. Buckets stay in memory until ``buffer_pairs`` pairs are held
 (8 bytes each; default 1e8 = 0.8 GB), then all are appended to spill files beside the output
 (``.<name>.spill-*``, removed afterwards). At the end each bucket becomes CSR rows (a counting
 sort by cell, then per-row sorting of the nearly sorted features and merging of repeats) that
@@ -54,10 +55,10 @@ therefore about ``chunk_size`` x ~250 bytes (parsing, and up to 3 chunks in flig
 + the ``var`` columns (17 bytes per bin, ~0.1 GB for the 6.2M 500-bp bins of hg38, built after
 counting; the names are written in blocks of 1M as fixed-width bytes, never as Python strings),
 never the whole matrix. Measured before the names became bytes: 8M fragments, 5,000 cells, hg38
-500 bp bins (11M nonzeros): 1.6 GB RSS, of which 0.2 GB imports and 0.8 GB bin names. Atlas example: 2.3M nuclei x 5 kb bins with
-~5,000 distinct bins per nucleus is ~1.2e10 nonzeros: ~92 GB of int32 indices + data before
-HDF5 compression, a spill of <= 8 bytes per insertion (2 per fragment) on the output's file
-system, and ~2-3 GB of RAM (buffer, chunks, the 2.3M barcodes, one bucket of ~5e7 pairs).
+500 bp bins (11M nonzeros): 1.6 GB RSS, of which 0.2 GB imports and 0.8 GB bin names. Atlas
+example: 2.3M nuclei x 5 kb bins with ~5,000 distinct bins per nucleus is ~1.2e10 nonzeros:
+~92 GB of int32 indices + data before HDF5 compression, a spill of <= 8 bytes per insertion
+(2 per fragment) on the output's file system, and ~2-3 GB of RAM (buffer, chunks, the 2.3M barcodes, one bucket of ~5e7 pairs).
 Input order does not matter for correctness (unsorted files cost a per-row sort); sorted input
 makes the per-row sort linear.
 """
