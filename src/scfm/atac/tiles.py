@@ -52,21 +52,24 @@ sort by cell, then per-row sorting of the nearly sorted features and merging of 
 are appended to the h5ad with :class:`scfm.io.h5ad.CsrH5adWriter` in cell order. Peak memory is
 therefore about ``chunk_size`` x ~250 bytes (parsing, and up to 3 chunks in flight) +
 ``buffer_pairs`` x 8 bytes + the largest bucket (pairs / 256 x ~24 bytes while it becomes CSR)
-+ the ``var`` columns (17 bytes per bin, ~0.1 GB for the 6.2M 500-bp bins of hg38, built after
-counting; the names are written in blocks of 1M as fixed-width bytes, never as Python strings),
-never the whole matrix. Measured before the names became bytes: 8M fragments, 5,000 cells, hg38
-500 bp bins (11M nonzeros): 1.6 GB RSS, of which 0.2 GB imports and 0.8 GB bin names. Atlas
-example: 2.3M nuclei x 5 kb bins with ~5,000 distinct bins per nucleus is ~1.2e10 nonzeros:
-~92 GB of int32 indices + data before HDF5 compression, a spill of <= 8 bytes per insertion
-(2 per fragment) on the output's file system, and ~2-3 GB of RAM (buffer, chunks, the 2.3M barcodes, one bucket of ~5e7 pairs).
-Input order does not matter for correctness (unsorted files cost a per-row sort); sorted input
-makes the per-row sort linear.
++ the ``var`` of genome bins when it is first built (17 bytes per bin of columns, the names
+written in blocks of 1M as fixed-width bytes, never as Python strings; then cached per genome
+and bin size, see :class:`BinVar`), never the whole matrix. Measured before the names became
+bytes: 8M fragments, 5,000 cells, hg38 500 bp bins (11M nonzeros): 1.6 GB RSS, of which 0.2 GB
+imports and 0.8 GB bin names. Atlas example: 2.3M nuclei x 5 kb bins with ~5,000 distinct bins
+per nucleus is ~1.2e10 nonzeros: ~92 GB of int32 indices + data before HDF5 compression, a
+spill of <= 8 bytes per insertion (2 per fragment) on the output's file system, and ~2-3 GB of
+RAM (buffer, chunks, the 2.3M barcodes, one bucket of ~5e7 pairs). Input order does not matter
+for correctness (unsorted files cost a per-row sort); sorted input makes the per-row sort
+linear.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import queue
 import shutil
 import threading
@@ -407,18 +410,21 @@ class BinMap:
     def var(self) -> BinVar:
         """``var`` of the bins: names ``chrom:start-end`` (0-based, half-open), chrom/start/end.
 
-        Returned as a :class:`BinVar`: the columns as a frame, and the names written straight
-        from fixed-width byte arrays (hg38 at 500 bp is 6.2M names: as Python strings they cost
-        ~4 s and ~0.8 GB per matrix; as bytes ~0.1 s and 26 bytes each, in blocks).
+        Returned as a :class:`BinVar`, written by h5py: the names as fixed-width bytes (hg38 at
+        500 bp is 6.2M names: as Python strings they cost seconds and ~0.8 GB per matrix), and
+        the whole group cached once per genome and bin size.
         """
+        return BinVar(self)
+
+    def columns(self) -> pd.DataFrame:
+        """``chrom`` (categorical), ``start``, ``end`` of every bin (RangeIndex)."""
         chrom_codes = np.repeat(np.arange(len(self._sizes)), self.n_bins_per_chrom)
         start = (np.arange(self.n_features, dtype=np.int64) - self.bin_offset[chrom_codes]) * (
             self.bin_size
         )
         end = np.minimum(start + self.bin_size, self._sizes[chrom_codes])
         chrom = pd.Categorical.from_codes(chrom_codes, categories=list(self.chrom_sizes))
-        columns = pd.DataFrame({"chrom": chrom, "start": start, "end": end})
-        return BinVar(columns, self)
+        return pd.DataFrame({"chrom": chrom, "start": start, "end": end})
 
     def names(self, lo: int = 0, hi: int | None = None) -> np.ndarray:
         """Names of bins ``lo..hi-1`` as a fixed-width bytes array (``S<width>``)."""
@@ -433,33 +439,118 @@ class BinMap:
         return out.view(f"S{width}").ravel()
 
 
-@dataclass
-class BinVar:
-    """``var`` of genome bins whose names are written as fixed-width bytes (see BinMap.var)."""
+VAR_CACHE_VERSION = 1  # bumped when the layout of a bins' var group changes
 
-    columns: pd.DataFrame  # chrom/start/end, RangeIndex
-    bins: BinMap
-    block: int = 1 << 20
+
+def var_cache_dir() -> Path | None:
+    """Where bins' ``var`` groups are cached.
+
+    ``$SCFM_CACHE_DIR`` (empty or ``none``: no cache), else ``$XDG_CACHE_HOME/scfm`` or
+    ``~/.cache/scfm``.
+    """
+    env = os.environ.get("SCFM_CACHE_DIR")
+    if env is not None:
+        return None if env.strip().lower() in ("", "none") else Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "scfm"
+
+
+class BinVar:
+    """``var`` of genome bins, written straight into an h5ad by h5py (see :meth:`BinMap.var`).
+
+    The group (anndata's dataframe encoding: ``chrom`` categorical, ``start``, ``end``, names as
+    fixed-width bytes in ``_index``, which anndata reads back as ``str``) is the same for every
+    matrix of one genome and bin size, so it is written once into a cache file
+    (:func:`var_cache_dir`, named by a hash of the chromosome sizes, bin size, compression and
+    :data:`VAR_CACHE_VERSION`) and HDF5-copied from there (compressed chunks copied as they are).
+    Without a usable cache it is written directly.
+    """
+
+    block = 1 << 20  # names generated per block
+
+    def __init__(self, bins: BinMap) -> None:
+        self.bins = bins
 
     def __len__(self) -> int:
-        return len(self.columns)
+        return self.bins.n_features
 
-    def write_names(self, group: h5py.Group, compression: str | None) -> None:
-        """Replace ``group['_index']`` with the names, as anndata's string-array encoding."""
-        index = group.attrs.get("_index", "_index")
-        if index in group:
-            del group[index]
+    def frame(self) -> pd.DataFrame:
+        """The same ``var`` as a DataFrame with ``str`` names (6.2M Python strings for hg38)."""
+        names = self.bins.names().astype(str)
+        return self.bins.columns().set_index(pd.Index(names.astype(object), dtype=object))
+
+    def _cache_file(self, compression: str | None) -> Path | None:
+        root = var_cache_dir()
+        if root is None:
+            return None
+        key = json.dumps(
+            [
+                list(self.bins.chrom_sizes.items()),
+                self.bins.bin_size,
+                compression,
+                VAR_CACHE_VERSION,
+            ]
+        )
+        return root / "bin_var" / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.h5"
+
+    def write(self, f: h5py.File, compression: str | None) -> None:
+        """Write the ``var`` group of ``f`` (from the cache when there is one)."""
+        cache = self._cache_file(compression)
+        if cache is not None:
+            try:
+                if not cache.is_file():
+                    with atomic_path(cache, suffix=".tmp.h5") as tmp, h5py.File(tmp, "w") as c:
+                        self._write(c, compression)
+                with h5py.File(cache, "r") as c:
+                    if c["var/_index"].shape == (len(self),):
+                        c.copy(c["var"], f, "var")
+                        return
+                log.warning("bins var cache %s does not match; writing var directly", cache)
+            except (OSError, KeyError) as exc:
+                log.warning("bins var cache %s unusable (%s); writing var directly", cache, exc)
+                if "var" in f:
+                    del f["var"]
+        self._write(f, compression)
+
+    def _write(self, f: h5py.File, compression: str | None) -> None:
+        kw: dict[str, Any] = {} if compression in (None, "none") else {"compression": compression}
+        g = f.create_group("var")
+        g.attrs["encoding-type"] = "dataframe"
+        g.attrs["encoding-version"] = "0.2.0"
+        g.attrs["_index"] = "_index"
+        g.attrs["column-order"] = np.array(["chrom", "start", "end"], dtype=object)
+        columns = self.bins.columns()
+        for name in ("chrom", "start", "end"):
+            ad.io.write_elem(
+                g,
+                name,
+                columns[name].array if name == "chrom" else columns[name].to_numpy(),
+                dataset_kwargs=kw,
+            )
+        del columns
         n = self.bins.n_features
         width = self.bins.names(0, 1).dtype.itemsize if n else 1
-        kw: dict[str, Any] = {} if compression in (None, "none") else {"compression": compression}
-        ds = group.create_dataset(
-            index, shape=(n,), dtype=f"S{width}", chunks=(min(max(n, 1), 1 << 16),), **kw
+        ds = g.create_dataset(
+            "_index", shape=(n,), dtype=f"S{width}", chunks=(min(max(n, 1), 1 << 16),), **kw
         )
         for lo in range(0, n, self.block):
             hi = min(lo + self.block, n)
             ds[lo:hi] = self.bins.names(lo, hi)
         ds.attrs["encoding-type"] = "string-array"
         ds.attrs["encoding-version"] = "0.2.0"
+
+
+class _BinsH5adWriter(CsrH5adWriter):
+    """:class:`CsrH5adWriter` whose ``var`` is a :class:`BinVar` (written by h5py, cached)."""
+
+    def __init__(self, path: Path, *, var: BinVar, compression: str | None, **kw: Any) -> None:
+        self._bin_var = var
+        placeholder = pd.DataFrame(index=pd.RangeIndex(len(var)))  # sizes the matrix only
+        super().__init__(path, var=placeholder, compression=compression, **kw)
+
+    def _create(self, obs, var, uns, dtype, kw) -> None:
+        super()._create(obs, var.iloc[:0], uns, dtype, kw)  # an empty var, then the real one
+        del self._f["var"]
+        self._bin_var.write(self._f, kw.get("compression"))
 
 
 @njit(cache=True)
@@ -812,11 +903,9 @@ def count_features(
         if len(var_frame) != feature_map.n_features:
             raise ValueError(f"var has {len(var_frame)} rows for {feature_map.n_features} features")
         n_features = feature_map.n_features
-        names = var_frame if isinstance(var_frame, BinVar) else None
-        if names is not None:  # columns now, names (a RangeIndex placeholder) replaced below
-            var_frame = var_frame.columns
+        make_writer = _BinsH5adWriter if isinstance(var_frame, BinVar) else CsrH5adWriter
         with atomic_path(out_h5ad) as tmp:
-            with CsrH5adWriter(
+            with make_writer(
                 tmp, obs=obs, var=var_frame, uns=None, dtype=np.int32, compression=compression
             ) as writer:
                 del var_frame
@@ -837,8 +926,6 @@ def count_features(
             # out of the file (logged and returned; see scfm.provenance)
             written = {k: v for k, v in record.items() if k not in _TIMINGS}
             with h5py.File(tmp, "a") as f:
-                if names is not None:
-                    names.write_names(f["var"], compression)
                 del f["uns"]
                 ad.io.write_elem(f, "uns", {"scfm": {stage: json.dumps(written, default=str)}})
     finally:
