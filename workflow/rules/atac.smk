@@ -42,6 +42,8 @@ rule atac_blacklist:
         "logs/atac_blacklist/{sha}/{name}.log",
     wildcard_constraints:
         sha="[0-9a-f]{16}",
+    conda:
+        "../../envs/atac.yaml"
     params:
         spec=lambda wildcards: next(
             s
