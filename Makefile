@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.scfm-installed
 PROFILE ?= profiles/local
 
-.PHONY: demo test lint constraints clean-demo browser
+.PHONY: demo test lint constraints clean-demo browser bedtools
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/snakemake --profile $(PROFILE) --report results/report.html
 	@echo "demo done: open results/report.html"
 
-test: $(STAMP) browser
+test: $(STAMP) browser bedtools
 	$(BIN)/pytest
 
 # The report test opens the HTML report in Debian's chromium; install it when we may (root with
@@ -31,6 +31,15 @@ browser:
 	  echo "installing chromium (apt-get) for the report test"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	else echo "note: no chromium and no root apt-get: the browser test of the report will be skipped"; fi
+
+# pybedtools (the interval oracle of tests/atac) runs the bedtools program: installed the same way;
+# without it those tests are skipped and say why.
+bedtools:
+	@command -v bedtools >/dev/null 2>&1 || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing bedtools (apt-get) for the interval oracle tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bedtools >/dev/null; \
+	else echo "note: no bedtools and no root apt-get: the pybedtools oracle tests will be skipped"; fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check src scripts tests benchmarks

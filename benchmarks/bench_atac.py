@@ -41,6 +41,10 @@ SnapATAC2 runs in its own virtualenv (``--peer-python``, default
 Quick check (~2 min)::
 
     .venv/bin/python benchmarks/bench_atac.py --quick
+
+Interval code beside bedtools (issue 17; pybedtools + the ``bedtools`` program)::
+
+    .venv/bin/python benchmarks/bench_atac.py --intervals
 """
 
 from __future__ import annotations
@@ -942,6 +946,119 @@ def print_report(report: dict[str, Any]) -> None:
     _harness.print_profiles(report["results"])
 
 
+def bench_intervals(args: argparse.Namespace) -> dict[str, Any]:
+    """Our interval code beside bedtools (pybedtools) on the real file, one process, median of 3.
+
+    * blacklist: ``read_blacklist`` + ``Blacklist.overlaps`` over every fragment (arrays already
+      in memory) against ``bedtools intersect -v -a fragments.bed -b blacklist.bed`` (which parses
+      its own text: it is how one would use it); the blacklist is every GENCODE v22 promoter
+      (TSS -1 kb/+500 bp), as tests/atac/test_blacklist.py builds it.
+    * region counts: fragments overlapping each gene window (``IntervalMap.pairs`` with fragment
+      counting + ``bincount``) against ``bedtools intersect -c -a windows.bed -b fragments.bed``.
+    Both sides' answers are compared (they must be equal).
+    """
+    import numpy as np
+    import pandas as pd
+    import pybedtools
+
+    from scfm.atac.activity import gene_windows
+    from scfm.atac.blacklist import read_blacklist
+    from scfm.atac.fragments import iter_fragments
+    from scfm.atac.genome import load_genome
+    from scfm.atac.tiles import _FRAGMENT, IntervalMap, frozen_index
+
+    work = args.out.resolve() / f"run_intervals{args.tag}"
+    work.mkdir(parents=True, exist_ok=True)
+    pybedtools.set_tempdir(str(work))
+    genome = load_genome("hg38", args.annotation)
+    names = list(genome.chrom_sizes)
+    chroms, barcodes = frozen_index(names), frozen_index([])
+    barcodes.frozen = False
+    chunks = list(iter_fragments(args.real, chroms=chroms, barcodes=barcodes))
+    g = np.concatenate([c.chrom for c in chunks]).astype(np.int64)
+    start = np.concatenate([c.start for c in chunks])
+    end = np.concatenate([c.end for c in chunks])
+    frag_bed = work / "fragments.bed"
+    pd.DataFrame({"c": np.array(names)[g], "s": start, "e": end}).to_csv(
+        frag_bed, sep="\t", header=False, index=False
+    )
+    genes = genome.genes
+    tss = np.where(genes["strand"] == "+", genes["start"], genes["end"] - 1)
+    plus = genes["strand"] == "+"
+    bl = pd.DataFrame(
+        {
+            "c": genes["chrom"].to_numpy(),
+            "s": np.maximum(tss - np.where(plus, 1000, 500), 0),
+            "e": np.minimum(
+                tss + np.where(plus, 500, 1000), genes["chrom"].map(genome.chrom_sizes)
+            ),
+        }
+    ).sort_values(["c", "s", "e"])
+    bl_path = work / "blacklist.bed"
+    bl.to_csv(bl_path, sep="\t", header=False, index=False)
+    windows = gene_windows(genome)
+    win = windows[windows["end"] > windows["start"]]
+    win_bed = work / "windows.bed"
+    win[["chrom", "start", "end"]].astype({"chrom": str}).to_csv(
+        win_bed, sep="\t", header=False, index=False
+    )
+
+    def timed(fn: Any) -> tuple[float, Any]:
+        times, out = [], None
+        for _ in range(3):
+            t = time.perf_counter()
+            out = fn()
+            times.append(time.perf_counter() - t)
+        return statistics.median(times), out
+
+    def ours_blacklist() -> int:
+        return int((~read_blacklist(bl_path, genome).overlaps(g, start, end)).sum())
+
+    def theirs_blacklist() -> int:
+        return pybedtools.BedTool(str(frag_bed)).intersect(str(bl_path), v=True).count()
+
+    imap = IntervalMap(win["chrom"].astype(str).to_numpy(), win["start"], win["end"], chroms)
+
+    def ours_counts() -> Any:
+        n = np.zeros(1, np.int64)
+        cells = np.zeros(len(g), np.int32)
+        _, feats = imap.pairs(
+            type(chunks[0])(g.astype(np.int32), start, end, cells, cells), _FRAGMENT, n, n.copy()
+        )
+        return np.bincount(feats, minlength=imap.n_features)
+
+    def theirs_counts() -> Any:
+        bt = pybedtools.BedTool(str(win_bed)).intersect(str(frag_bed), c=True)
+        return np.array([int(f.fields[-1]) for f in bt])
+
+    out: dict[str, Any] = {"n_fragments": len(g), "n_blacklist_regions": len(bl)}
+    for name, ours, theirs in (
+        ("blacklist", ours_blacklist, theirs_blacklist),
+        ("region_counts", ours_counts, theirs_counts),
+    ):
+        t_ours, a = timed(ours)
+        t_theirs, b = timed(theirs)
+        same = bool(np.array_equal(np.asarray(a), np.asarray(b)))
+        out[name] = {
+            "ours_s": t_ours,
+            "bedtools_s": t_theirs,
+            "ratio": t_theirs / t_ours,
+            "equal": same,
+        }
+        print(
+            f"{name}: ours {t_ours:.3f} s, bedtools {t_theirs:.3f} s: {t_theirs / t_ours:.1f}x "
+            f"(results equal: {same})",
+            flush=True,
+        )
+    pybedtools.cleanup()
+    out["bedtools"] = subprocess.run(
+        ["bedtools", "--version"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    out["loadavg"] = os.getloadavg()
+    (work / "intervals.json").write_text(json.dumps(out, indent=1, default=str))
+    return out
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     ap = _harness.arg_parser(__doc__, STEPS)
@@ -979,6 +1096,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--quick", action="store_true", help="2M synthetic fragments, one round on each file"
     )
+    ap.add_argument(
+        "--intervals",
+        action="store_true",
+        help="only: our blacklist / region-overlap code beside bedtools on the real file",
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.n_fragments = min(args.n_fragments, 2_000_000)
@@ -991,6 +1113,9 @@ def main(argv: list[str] | None = None) -> None:
     """Run the benchmark (or, internally, one step of it)."""
     args = parse_args(argv)
     if _harness.child_dispatch(args, run_child):
+        return
+    if args.intervals:
+        bench_intervals(args)
         return
     if args.report:
         report = json.loads(args.report.read_text())

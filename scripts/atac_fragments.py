@@ -13,5 +13,6 @@ fragments(
     snakemake.input.genes,
     snakemake.output.fragments,
     cfg=snakemake.params.cfg,
+    blacklist=snakemake.input.get("blacklist"),
 )
 register_outputs(snakemake, kind="standard")  # no-op unless registry.enabled

@@ -100,3 +100,17 @@ def sim_atac(tmp_path_factory: pytest.TempPathFactory) -> SimATAC:
         genome, fragments, n_cells=300, n_types=4, n_batches=2, seed=0, fragments_per_cell=1500
     )
     return SimATAC(genome, genome_dir, fragments, meta)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _var_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory):
+    """Tile matrices cache their bins' var (scfm.atac.tiles.BinVar): in a temporary directory here."""
+    import os
+
+    old = os.environ.get("SCFM_CACHE_DIR")
+    os.environ["SCFM_CACHE_DIR"] = str(tmp_path_factory.mktemp("scfm_cache"))
+    yield
+    if old is None:
+        os.environ.pop("SCFM_CACHE_DIR", None)
+    else:
+        os.environ["SCFM_CACHE_DIR"] = old

@@ -240,7 +240,22 @@ BAD = {
     "negative start": ("# hdr\nchr1\t10\t100\tA\t1\nchr1\t-5\t100\tA\t1\n", "line 3", "negative"),
     "end <= start": ("chr1\t10\t100\tA\t1\nchr1\t100\t100\tA\t1\n", "line 2", "end <= start"),
     "empty barcode": ("chr1\t10\t100\tA\t1\nchr1\t20\t100\t\t1\n", "line 2", "empty barcode"),
-    "missing field": ("chr1\t10\t100\tA\t1\nchr1\t20\n", "line 2", "2 field|integer"),
+    "missing field": ("chr1\t10\t100\tA\t1\nchr1\t20\n", "line 2", "2 tab-separated field"),
+    "count column appears": (
+        "chr1\t10\t100\tA\nchr1\t20\t100\tA\nchr1\t30\t100\tA\t7\n",
+        "line 3",
+        r"5 tab-separated field\(s\) in 'chr1\\t30\\t100\\tA\\t7', but 4 on line 1",
+    ),
+    "count column stops": (
+        "chr1\t10\t100\tA\t2\nchr1\t20\t100\tB\n",
+        "line 2",
+        r"4 tab-separated field\(s\) in 'chr1\\t20\\t100\\tB', but 5 on line 1",
+    ),
+    "tab inside a barcode": (
+        "# hdr\nchr1\t10\t100\tAC\t1\nchr1\t20\t100\tAC\tGT\t1\n",
+        "line 3",
+        r"6 tab-separated field\(s\).*a barcode cannot contain a tab",
+    ),
     "zero count": ("chr1\t10\t100\tA\t1\nchr1\t20\t100\tA\t0\n", "line 2", "positive integer"),
     "unknown chromosome": ("chr1\t10\t100\tA\t1\nscaffold_7\t1\t50\tA\t1\n", "chrom", "chrom_map"),
     "too few fragments": ("chr1\t10\t100\tA\t1\n", "fragments", "min_fragments=5"),

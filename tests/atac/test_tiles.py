@@ -284,3 +284,42 @@ def test_reader_errors_propagate_and_leave_nothing(tmp_path, toy):
     with pytest.raises(ScfmInputError, match="end <= start"):
         tile_matrix(bad, genome, cells, tmp_path / "t.h5ad", chunk_size=64)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.tsv"]
+
+
+def test_bin_names_equal_python_strings():
+    from scfm.atac.tiles import BinMap
+
+    sizes = {"chr1": 248_956_422, "chrUn_KI270302v1": 2_274, "chrM": 16_569, "x": 500, "y": 999}
+    bins = BinMap(sizes, 500)
+    expected = [f"{c}:{s}-{min(s + 500, n)}" for c, n in sizes.items() for s in range(0, n, 500)]
+    names = bins.names()
+    assert names.dtype.kind == "S" and len(names) == bins.n_features == len(expected)
+    assert [b.decode() for b in names] == expected
+    assert [b.decode() for b in bins.names(497_912, 497_915)] == expected[497_912:497_915]
+
+
+def test_bins_var_cached_once_and_copied(tmp_path, toy, monkeypatch):
+    genome, frags, cells = toy
+    path = write_fragments(tmp_path / "f.tsv.gz", frags)
+    monkeypatch.setenv("SCFM_CACHE_DIR", str(tmp_path / "cache"))
+    first = tile_matrix(path, genome, cells, tmp_path / "a.h5ad", bin_size=100)
+    cached = list((tmp_path / "cache" / "bin_var").glob("*.h5"))
+    assert len(cached) == 1
+    stamp = cached[0].stat().st_mtime_ns
+    second = tile_matrix(path, genome, cells, tmp_path / "b.h5ad", bin_size=100)
+    assert cached[0].stat().st_mtime_ns == stamp  # copied, not rebuilt
+    monkeypatch.setenv("SCFM_CACHE_DIR", "none")
+    direct = tile_matrix(path, genome, cells, tmp_path / "c.h5ad", bin_size=100)
+    a, b, c = (ad.read_h5ad(s.path) for s in (first, second, direct))
+    pd.testing.assert_frame_equal(a.var, b.var)
+    pd.testing.assert_frame_equal(a.var, c.var)
+    from scfm.atac.tiles import BinMap
+
+    pd.testing.assert_frame_equal(
+        a.var, BinMap(genome.chrom_sizes, 100).var().frame(), check_names=False
+    )
+    assert a.var_names[0] == "chrA:0-100" and (a.X != c.X).nnz == 0
+    cached[0].write_bytes(b"not hdf5")  # a broken cache: written directly, with a warning
+    monkeypatch.setenv("SCFM_CACHE_DIR", str(tmp_path / "cache"))
+    broken = tile_matrix(path, genome, cells, tmp_path / "d.h5ad", bin_size=100)
+    pd.testing.assert_frame_equal(a.var, ad.read_h5ad(broken.path).var)

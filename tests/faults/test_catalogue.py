@@ -925,6 +925,17 @@ CASES: list[Case] = [
     Case("fragments-truncated-gzip", FRAG, "a gzip stream cut at half",
          fragments_case(GOOD_FRAGMENTS * 20, cut=0.5), E,
          r"truncated or corrupt \(EOFError", "compressed stream", r"a complete gzip/BGZF file"),
+    # issue 14: the column layout is checked on every line, not guessed from the first
+    Case("fragments-count-column-appears", FRAG, "4 columns, then a 5th (count) from line 4",
+         fragments_case([f"chr1 {100 * i} {100 * i + 150} BC0" for i in range(1, 4)]
+                        + GOOD_FRAGMENTS[3:6]), E,
+         r"5 tab-separated field\(s\) in 'chr1\\t400\\t550\\tBC1\\t1', but 4 on line 1 "
+         r"\(the first data line\)", "line 4",
+         r"4 fields on every line, as on line 1"),
+    Case("fragments-tab-in-barcode", FRAG, "`chr1 300 450 BC\\t0 1` (a tab inside the barcode)",
+         fragments_case([*GOOD_FRAGMENTS[:2], "chr1 300 450 BC\t0 1"]), E,
+         r"6 tab-separated field\(s\) in 'chr1\\t300\\t450\\tBC\\t0\\t1', but 5 on line 1",
+         "line 3", r"a barcode cannot contain a tab"),
     # ---- vocabulary and shards: rules corpus_manifest and train
     Case("shards-vocab-hash", "vocab/shards", "vocab.tsv changed after the shards were made",
          merge_with_other_vocab, E, r"[0-9a-f]{16} differs from .*vocab\.tsv \([0-9a-f]{16}\)",

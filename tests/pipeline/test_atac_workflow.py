@@ -92,7 +92,18 @@ def _config(shared) -> dict:
 def run(tmp_path_factory):
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} not present (only CI and developer machines have ../shared)")
-    d = copy_workflow(tmp_path_factory.mktemp("atac"), _config(SHARED_DATA))
+    config = _config(SHARED_DATA)
+    # a real-format blacklist: the LYZ and MS4A1 promoters (GENCODE v22, TSS +-500 bp), sorted
+    genes = pd.read_csv(SHARED_DATA / "reference" / "human_gencode_v22_genes_hg38.tsv.gz", sep="\t")
+    rows = []
+    for name in ("MS4A1", "LYZ"):
+        g = genes[genes["gene_name"] == name].iloc[0]
+        tss = g["start"] - 1 if g["strand"] == "+" else g["end"] - 1
+        rows.append(f"{g['chrom']}\t{tss - 500}\t{tss + 500}\n")
+    blacklist = tmp_path_factory.mktemp("blacklist") / "hg38-test-blacklist.bed"
+    blacklist.write_text("".join(sorted(rows)))
+    config["datasets"]["pbmc_atac"]["qc"]["blacklist"] = str(blacklist)
+    d = copy_workflow(tmp_path_factory.mktemp("atac"), config)
     res = snakemake(d, "--profile", "profiles/local", "--cores", "2")
     return d, res
 
@@ -102,6 +113,9 @@ def test_real_pbmc_fragments_to_a_qcd_peak_matrix(run):
     assert res.returncode == 0, res.stderr[-3000:]
     qc = pd.read_csv(d / "results/atac/pbmc_atac/qc.tsv", sep="\t", index_col="barcode")
     assert len(qc) == 24508 and qc["pass_qc"].sum() > 200  # 263 cells with >= 20 fragments
+    # the blacklist (LYZ and MS4A1 promoters) removed their fragments before QC and counting
+    assert 1000 < qc["n_blacklist"].sum() < 1300 and qc["frac_blacklist"].max() <= 1
+    assert (d / "results/atac/pbmc_atac/fragments.tsv.gz.scfm").is_file()  # the sidecar
     adata = ad.read_h5ad(d / "results/qc/pbmc_atac.h5ad")
     assert adata.n_obs == qc["pass_qc"].sum() and adata.n_vars > 50
     assert adata.X.dtype == np.int32 and (adata.obs["assay"] == "scATAC-seq").all()

@@ -19,13 +19,54 @@ rule reference_genome:
         "../../scripts/reference_genome.py"
 
 
+def atac_blacklist_spec(wildcards):
+    """qc.atac.blacklist of a dataset (its own qc override first): None, a path, or a dict."""
+    return atac_qc_params(wildcards).get("blacklist")
+
+
+def get_atac_blacklist(wildcards):
+    """{'blacklist': <BED>} for rule atac_fragments: the local file, or the downloaded one."""
+    spec = atac_blacklist_spec(wildcards)
+    if not spec:
+        return {}
+    if isinstance(spec, str) or spec.get("path"):
+        return {"blacklist": spec if isinstance(spec, str) else spec["path"]}
+    name = spec["url"].split("?")[0].rstrip("/").split("/")[-1]
+    return {"blacklist": f"resources/atac/blacklist/{spec['sha256'][:16]}/{name}"}
+
+
+rule atac_blacklist:
+    output:
+        bed="resources/atac/blacklist/{sha}/{name}",
+    log:
+        "logs/atac_blacklist/{sha}/{name}.log",
+    wildcard_constraints:
+        sha="[0-9a-f]{16}",
+    conda:
+        "../../envs/atac.yaml"
+    params:
+        spec=lambda wildcards: next(
+            s
+            for s in [config["qc"]["atac"].get("blacklist")]
+            + [d.get("qc", {}).get("blacklist") for d in DATASETS.values()]
+            if isinstance(s, dict)
+            and s.get("url")
+            and s["sha256"].startswith(wildcards.sha)
+        ),
+    script:
+        "../../scripts/atac_blacklist.py"
+
+
 rule atac_fragments:
     input:
         unpack(get_atac_genome),
+        unpack(get_atac_blacklist),
         manifest="resources/raw/{dataset}/manifest.json",
     output:
         fragments="results/atac/{dataset}/fragments.tsv.gz",
         index="results/atac/{dataset}/fragments.tsv.gz.tbi",
+        # the same fragments as binary records + the QC sums: later rules read this, not text
+        sidecar="results/atac/{dataset}/fragments.tsv.gz.scfm",
     log:
         "logs/atac_fragments/{dataset}.log",
     wildcard_constraints:
@@ -43,6 +84,7 @@ rule atac_qc:
     input:
         unpack(get_atac_genome),
         fragments="results/atac/{dataset}/fragments.tsv.gz",
+        sidecar="results/atac/{dataset}/fragments.tsv.gz.scfm",
         manifest="resources/raw/{dataset}/manifest.json",
     output:
         table="results/atac/{dataset}/qc.tsv",
@@ -69,6 +111,7 @@ rule atac_tiles:
     input:
         unpack(get_atac_genome),
         fragments="results/atac/{dataset}/fragments.tsv.gz",
+        sidecar="results/atac/{dataset}/fragments.tsv.gz.scfm",
         barcodes="results/atac/{dataset}/barcodes.tsv",
     output:
         h5ad="results/atac/{dataset}.tiles.h5ad",
@@ -87,6 +130,7 @@ rule atac_summits:
     input:
         unpack(get_atac_genome),
         fragments="results/atac/{dataset}/fragments.tsv.gz",
+        sidecar="results/atac/{dataset}/fragments.tsv.gz.scfm",
         barcodes="results/atac/{dataset}/barcodes.tsv",
     output:
         summits="results/atac/{dataset}/summits.bed",
@@ -120,6 +164,7 @@ rule atac_peakset:
 rule atac_peak_matrix:
     input:
         fragments="results/atac/{dataset}/fragments.tsv.gz",
+        sidecar="results/atac/{dataset}/fragments.tsv.gz.scfm",
         barcodes="results/atac/{dataset}/barcodes.tsv",
         peaks=get_dataset_peakset,
     output:
@@ -139,6 +184,7 @@ rule atac_activity:
     input:
         unpack(get_atac_genome),
         fragments="results/atac/{dataset}/fragments.tsv.gz",
+        sidecar="results/atac/{dataset}/fragments.tsv.gz.scfm",
         barcodes="results/atac/{dataset}/barcodes.tsv",
     output:
         h5ad="results/atac/{dataset}.genes.h5ad",

@@ -27,8 +27,10 @@ for chr1 of a 100M-fragment file), independent of the file's total size.
 from __future__ import annotations
 
 import collections
+import contextlib
 import csv
 import gzip
+import hashlib
 import io
 import logging
 import os
@@ -44,6 +46,7 @@ import numba
 import numpy as np
 import pandas as pd
 
+from scfm.atac.tabix import TbiBuilder
 from scfm.atomic import atomic_path, temp_dir_beside
 from scfm.errors import ScfmInputError
 
@@ -203,19 +206,54 @@ def _data_line(path: str | Path, row: int) -> tuple[int, str]:
     return -1, ""
 
 
-def _short_line(path: str | Path, n_columns: int) -> tuple[int, str]:
-    """(line number, text) of the first data line with fewer than ``n_columns`` fields."""
-    for lineno, text in _data_lines(path):
-        if text.count("\t") + 1 < n_columns:
+def _odd_line(path: str | Path, n_columns: int, rows: Iterable[int] | None = None):
+    """(line number, text) of the first data line whose field count is not ``n_columns``.
+
+    ``rows`` (0-based data rows, ascending) restricts the search to those rows; (-1, "") when
+    every line (or every listed row) has ``n_columns`` fields.
+    """
+    wanted = None if rows is None else iter(sorted(rows))
+    target = next(wanted, None) if wanted is not None else None
+    for i, (lineno, text) in enumerate(_data_lines(path)):
+        if wanted is not None:
+            if target is None:
+                break
+            if i != target:
+                continue
+            target = next(wanted, None)
+        if text.count("\t") + 1 != n_columns:
             return lineno, text
     return -1, ""
+
+
+def _field_count_error(path: str | Path, lineno: int, text: str, n_columns: int):
+    """The error of a line whose field count differs from the first data line's."""
+    first, _ = _data_line(path, 0)
+    n = text.count("\t") + 1
+    return ScfmInputError(
+        path,
+        f"line {lineno}",
+        f"{n} tab-separated field(s) in {text!r}, but {n_columns} on line {first} "
+        "(the first data line)",
+        f"{n_columns} fields on every line, as on line {first} (chrom, start, end, "
+        "barcode[, count]; a barcode cannot contain a tab)",
+    )
 
 
 def _frames(
     path: str | Path, n_columns: int, chunk_size: int
 ) -> Iterator[tuple[pd.DataFrame, int]]:
-    """Raw pandas chunks of the first ``n_columns`` fields, with the index of their first row."""
-    names = FIELDS[:n_columns]
+    """Raw pandas chunks of every field, with the index of their first row.
+
+    Every line must have ``n_columns`` fields (the first data line's count). Reading only the
+    first columns (``usecols``) would silently drop a later line's extra field, e.g. a count
+    column that starts halfway, so one more column than the first line has is read
+    (``_more``): a longer line fills it, a shorter one reads NaN in its last fields, and
+    :func:`_validate` reports either naming the line. (pandas' own "Expected n fields" check
+    misses a longer line that opens a chunk; lines longer by two or more raise it.)
+    """
+    names = FIELDS[: min(n_columns, 5)] + [f"extra{i}" for i in range(6, n_columns + 1)]
+    names.append("_more")
     row0 = 0
     try:
         reader = pd.read_csv(
@@ -224,7 +262,6 @@ def _frames(
             header=None,
             skiprows=_header_lines(path),
             names=names,
-            usecols=range(n_columns),
             dtype={"chrom": "category", "barcode": "category"},
             chunksize=chunk_size,
             engine="c",
@@ -241,14 +278,9 @@ def _frames(
     except UnicodeDecodeError as exc:
         raise ScfmInputError(path, "encoding", f"not UTF-8 text ({exc})", "a text file") from exc
     except pd.errors.ParserError as exc:
-        lineno, text = _short_line(path, n_columns)
+        lineno, text = _odd_line(path, n_columns)
         if lineno > 0:
-            raise ScfmInputError(
-                path,
-                f"line {lineno}",
-                f"{text.count(chr(9)) + 1} field(s) in {text!r}",
-                f"{n_columns} tab-separated fields like the first line",
-            ) from exc
+            raise _field_count_error(path, lineno, text, n_columns) from exc
         raise ScfmInputError(path, "format", f"cannot parse: {exc}", "tab-separated lines") from exc
 
 
@@ -272,8 +304,15 @@ def _as_int(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return np.where(bad, 0, num).astype(np.int64), bad
 
 
-def _validate(path: str | Path, frame: pd.DataFrame, row0: int) -> tuple[np.ndarray, ...]:
-    """Check one raw chunk; return ``start, end, count`` as integer arrays or raise."""
+def _validate(
+    path: str | Path, frame: pd.DataFrame, row0: int, n_columns: int
+) -> tuple[np.ndarray, ...]:
+    """Check one raw chunk; return ``start, end, count`` as integer arrays or raise.
+
+    A line with fewer fields than the first data line reads as NaN in its last fields: the
+    first problem row is looked up in the text, and a field-count difference is reported as
+    such (not as the empty field it looks like).
+    """
     start, bad_start = _as_int(frame["start"])
     end, bad_end = _as_int(frame["end"])
     checks = {
@@ -289,10 +328,22 @@ def _validate(path: str | Path, frame: pd.DataFrame, row0: int) -> tuple[np.ndar
         checks["count"] = bad_count | (count < 1)
     else:
         count = np.ones(len(frame), np.int64)
+    longer = frame["_more"].notna().to_numpy()
+    if longer.any():
+        lineno, text = _data_line(path, row0 + int(np.argmax(longer)))
+        raise _field_count_error(path, lineno, text, n_columns)
+    if n_columns > 5:  # extra fields: only their presence is checked (empty ones are fine)
+        short = np.flatnonzero(frame[frame.columns[-2]].isna().to_numpy())
+        if len(short):
+            lineno, text = _odd_line(path, n_columns, row0 + short)
+            if lineno > 0:
+                raise _field_count_error(path, lineno, text, n_columns)
     first = {k: int(np.argmax(v)) for k, v in checks.items() if v.any()}
     if first:
         kind = min(first, key=first.__getitem__)
         lineno, text = _data_line(path, row0 + first[kind])
+        if text.count("\t") + 1 != n_columns:
+            raise _field_count_error(path, lineno, text, n_columns)
         where, problem, expected = _PROBLEMS[kind]
         n_bad = int(sum(v.sum() for v in checks.values()))
         raise ScfmInputError(
@@ -334,14 +385,51 @@ def iter_fragments(
             f"{n_columns} tab-separated column(s) in {text!r}" if n_columns else "no data lines",
             "chrom, start, end, barcode[, count] separated by tabs",
         )
-    for frame, row0 in _frames(path, min(n_columns, 5), chunk_size):
-        start, end, count = _validate(path, frame, row0)
+    for frame, row0 in _frames(path, n_columns, chunk_size):
+        start, end, count = _validate(path, frame, row0, n_columns)
         yield FragmentChunk(
             chrom=chroms.encode(frame["chrom"]),
             start=start,
             end=end,
             barcode=barcodes.encode(frame["barcode"]),
             count=count.astype(np.int32),
+        )
+
+
+def read_chunks(
+    path: str | Path,
+    *,
+    chroms: Index | None = None,
+    barcodes: Index | None = None,
+    chunk_size: int = 2_000_000,
+) -> Iterator[FragmentChunk]:
+    """:func:`iter_fragments`, read from the binary sidecar when one describes ``path``.
+
+    A file written by :func:`prepare_fragments` has a sidecar (:mod:`scfm.atac.sidecar`): the
+    same fragments as binary records, read without parsing text. Chunks then never span two
+    chromosomes, and ``count`` is not kept there: every chunk's ``count`` is 1. Use this for
+    counting (tiles, peaks, gene activity, pseudobulk), which ignores ``count``; use
+    :func:`iter_fragments` where the count matters. Any other file is parsed as text.
+    """
+    from scfm.atac.sidecar import Sidecar
+
+    side = Sidecar.open(path)
+    if side is None:
+        yield from iter_fragments(path, chroms=chroms, barcodes=barcodes, chunk_size=chunk_size)
+        return
+    chroms = chroms if chroms is not None else Index()
+    barcodes = barcodes if barcodes is not None else Index()
+    lut = np.fromiter((barcodes.add(b) for b in side.barcodes), np.int32)
+    codes = {name: chroms.add(name) for name in side.chrom_names}
+    log.debug("%s: reading %d fragments from its sidecar", path, side.n_fragments)
+    for name, rec in side.records(chunk_size):
+        n = len(rec)
+        yield FragmentChunk(
+            chrom=np.full(n, codes[name], np.int32),
+            start=rec["start"].astype(np.int64),
+            end=rec["end"].astype(np.int64),
+            barcode=lut[rec["barcode"]] if len(lut) else np.full(n, -1, np.int32),
+            count=np.ones(n, np.int32),
         )
 
 
@@ -365,8 +453,11 @@ def _put_int(buf: np.ndarray, p: int, v: int) -> int:
 
 
 @numba.njit(cache=True)
-def _format_lines(chrom, start, end, bc, count, bc_bytes, bc_off, buf) -> int:
-    """Write tab-separated ``chrom start end barcode count`` lines into ``buf``; bytes used."""
+def _format_lines(chrom, start, end, bc, count, bc_bytes, bc_off, buf, line_end) -> int:
+    """Write tab-separated ``chrom start end barcode count`` lines into ``buf``; bytes used.
+
+    ``line_end[i]`` gets the position in ``buf`` just past line ``i`` (for the tabix index).
+    """
     p = 0
     for i in range(start.size):
         for b in chrom:
@@ -385,6 +476,7 @@ def _format_lines(chrom, start, end, bc, count, bc_bytes, bc_off, buf) -> int:
         p = _put_int(buf, p + 1, count[i])
         buf[p] = 10
         p += 1
+        line_end[i] = p
     return p
 
 
@@ -404,6 +496,10 @@ class BgzfWriter:
         from concurrent.futures import ThreadPoolExecutor
 
         self._fh = Path(path).open("wb")  # noqa: SIM115 (closed by close()/__exit__)
+        self.sha256 = hashlib.sha256()  # of the compressed bytes written (the sidecar's check)
+        self.size = 0
+        self.block_sizes: list[int] = []  # compressed size of each data block (tabix offsets)
+        self.uncompressed = 0  # bytes given to write()
         self._level = level
         self._buf = bytearray()
         self._pending: collections.deque = collections.deque()
@@ -428,6 +524,7 @@ class BgzfWriter:
     def write(self, data: bytes | memoryview) -> None:
         """Queue ``data``; full blocks are compressed in the background, written in order."""
         view = memoryview(data).cast("B")
+        self.uncompressed += len(view)
         if self._buf:  # complete the partial block left by the previous call
             take = min(self.block - len(self._buf), len(view))
             self._buf += view[:take]
@@ -443,7 +540,7 @@ class BgzfWriter:
     def _submit(self, chunk: bytes) -> None:
         self._pending.append(self._pool.submit(self._deflate, chunk))
         while len(self._pending) > 4 * self._threads:
-            self._fh.write(self._pending.popleft().result())
+            self._out(self._pending.popleft().result())
 
     def close(self) -> None:
         """Compress what is left, write the end-of-file block and close the file."""
@@ -451,11 +548,18 @@ class BgzfWriter:
             self._pending.append(self._pool.submit(self._deflate, bytes(self._buf)))
             self._buf.clear()
         for fut in self._pending:
-            self._fh.write(fut.result())
+            self._out(fut.result())
         self._pending.clear()
         self._pool.shutdown()
-        self._fh.write(BGZF_EOF)
+        self._out(BGZF_EOF, block=False)
         self._fh.close()
+
+    def _out(self, data: bytes, *, block: bool = True) -> None:
+        self._fh.write(data)
+        self.sha256.update(data)
+        self.size += len(data)
+        if block:
+            self.block_sizes.append(len(data))
 
     def __enter__(self) -> BgzfWriter:
         return self
@@ -488,17 +592,28 @@ def write_fragments(
     batch_size: int = 500_000,
     level: int = 3,
     threads: int | None = None,
+    sidecar: dict[str, Any] | None = None,
+    chrom_sizes: dict[str, int] | None = None,
 ) -> Path:
     """Write sorted blocks as a BGZF fragment file plus its tabix index, both atomically.
 
     ``blocks`` must come in output order, each sorted by start. Lines are formatted by a numba
-    kernel and compressed by :class:`BgzfWriter` (``level``, ``threads``); pysam (htslib)
-    builds the index. The data and index go to temporary files beside
+    kernel and compressed by :class:`BgzfWriter` (``level``, ``threads``); the ``.tbi`` is
+    built as the lines are written (:mod:`scfm.atac.tabix`; ``chrom_sizes`` sizes its linear
+    index up front), a ``.csi`` by pysam (htslib). The data and index go to temporary files beside
     ``out``; on success the old ``out`` is removed, the index renamed into place, then the data
     (the commit point): a killed job never leaves a data file without its matching index.
     ``csi=True`` writes a ``.csi`` index (needed for chromosomes longer than 512 Mbp).
+
+    ``sidecar`` (a dict: ``arrays`` name -> array, ``meta`` dict, ``wide`` bool, ``barcodes``: the
+    names to store when they extend ``barcodes``) also writes the
+    binary sidecar :mod:`scfm.atac.sidecar` (the same fragments as records, plus those arrays)
+    beside ``out``, renamed into place just before the data; without it a stale sidecar of an
+    older ``out`` is removed.
     """
     import pysam
+
+    from scfm.atac import sidecar as sc
 
     out = Path(out)
     encoded = [b.encode() for b in barcodes]
@@ -507,27 +622,60 @@ def write_fragments(
     bc_bytes = np.frombuffer(b"".join(encoded), np.uint8) if encoded else np.zeros(0, np.uint8)
     max_bc = int(np.diff(bc_off).max()) if len(encoded) else 0
     index_path = Path(f"{out}.csi" if csi else f"{out}.tbi")
-    with atomic_path(out, suffix=".tmp.gz") as tmp:
+    tbi = None if csi else TbiBuilder(BgzfWriter.block)
+    sizes = dict(chrom_sizes or {})
+    with atomic_path(out, suffix=".tmp.gz") as tmp, contextlib.ExitStack() as stack:
+        side = None
+        if sidecar is not None:
+            side_tmp = stack.enter_context(atomic_path(sc.sidecar_path(out), suffix=".tmp.scfm"))
+            side = sc.SidecarWriter(side_tmp, wide=bool(sidecar.get("wide")))
+            stack.callback(side.abort)
         with BgzfWriter(tmp, level=level, threads=threads) as fh:
             for block in blocks:
+                if side is not None:
+                    side.add_chrom(block.chrom, block.start, block.end, block.barcode)
                 chrom = np.frombuffer(block.chrom.encode(), np.uint8)
                 for i in range(0, len(block.start), batch_size):
                     sl = slice(i, i + batch_size)
                     n = len(block.start[sl])
                     buf = np.empty(n * (len(chrom) + max_bc + 5 + 3 * 20), np.uint8)
+                    line_end = np.empty(n, np.int64)
+                    start, end = block.start[sl].astype(np.int64), block.end[sl].astype(np.int64)
                     used = _format_lines(
                         chrom,
-                        block.start[sl].astype(np.int64),
-                        block.end[sl].astype(np.int64),
+                        start,
+                        end,
                         block.barcode[sl].astype(np.int64),
                         block.count[sl].astype(np.int64),
                         bc_bytes,
                         bc_off,
                         buf,
+                        line_end,
                     )
+                    if tbi is not None:
+                        line_end += fh.uncompressed
+                        line_start = np.r_[fh.uncompressed, line_end[:-1]]
+                        size = sizes.get(block.chrom, int(end.max()) if n else 0)
+                        tbi.add(block.chrom, size, start, end, line_start, line_end)
                     fh.write(buf[:used])
+        if side is not None:
+            for name, array in (sidecar.get("arrays") or {}).items():
+                side.add_array(name, array)
+            side.finish(
+                sidecar.get("barcodes", barcodes),
+                bgzf_size=fh.size,
+                bgzf_sha256=fh.sha256.hexdigest(),
+                meta=sidecar.get("meta"),
+            )
+        else:
+            sc.remove(out)
         with atomic_path(index_path, suffix=".tmp.idx") as tmp_index:
-            pysam.tabix_index(str(tmp), preset="bed", force=True, index=str(tmp_index), csi=csi)
+            if tbi is not None:  # built while writing: no second read of the file
+                tbi.write(tmp_index, fh.block_sizes, fh.uncompressed)
+            else:
+                pysam.tabix_index(
+                    str(tmp), preset="bed", force=True, index=str(tmp_index), csi=True
+                )
             out.unlink(missing_ok=True)
     return out
 
@@ -625,8 +773,13 @@ def prepare_fragments(
     chunk_size: int = 2_000_000,
     max_beyond_end: float = 0.001,
     tmp_dir: str | Path | None = None,
+    blacklist: str | Path | None = None,
 ) -> dict[str, Any]:
     """Validate ``raw`` and write a clean fragment file ``out`` (+ ``out.tbi``), atomically.
+
+    ``blacklist`` (a BED file, checked by :func:`scfm.atac.blacklist.read_blacklist`) removes
+    every fragment overlapping one of its regions; the sidecar's QC sums then count them per
+    barcode (``n_blacklist``) and the returned ``n_blacklisted`` in total.
 
     ``out`` is BGZF with 5 columns (``count`` is 1 where ``raw`` had none), chromosome names of
     ``genome``, coordinate-sorted in genome chromosome order, indexed with tabix (``.csi`` for
@@ -648,8 +801,16 @@ def prepare_fragments(
     ``sorted_input``, ``renamed_chroms``, ``n_columns``, ``seconds``, ``fragments_per_second``.
     """
     from scfm.atac.genome import harmonize_chrom
+    from scfm.atac.qc import QcAccumulator
 
     raw, out = Path(raw), Path(out)
+    qc = QcAccumulator(genome)  # barcode_qc's sums, in this pass (stored in the sidecar)
+    black = None
+    if blacklist is not None:
+        from scfm.atac.blacklist import read_blacklist
+
+        black = read_blacklist(blacklist, genome)  # checked before any fragment is read
+    n_black = 0
     t0 = time.perf_counter()
     wl = read_whitelist(whitelist) if whitelist is not None else None
     barcodes = Index(wl, frozen=True) if wl else Index()
@@ -687,6 +848,11 @@ def prepare_fragments(
             beyond = keep & (chunk.end > gsize[np.maximum(gchrom, 0)])
             n_beyond += int(beyond.sum())
             keep &= ~beyond
+            if black is not None:
+                hit = keep & black.overlaps(np.maximum(gchrom, 0), chunk.start, chunk.end)
+                n_black += int(hit.sum())
+                qc.add_blacklisted(chunk.barcode[hit])
+                keep &= ~hit
             if not keep.all():
                 gchrom = gchrom[keep]
                 start, end = chunk.start[keep], chunk.end[keep]
@@ -696,6 +862,7 @@ def prepare_fragments(
             if len(used) < len(barcodes):
                 used = np.r_[used, np.zeros(len(barcodes) - len(used), bool)]
             used[bc] = True
+            qc.add(gchrom, bc, start, end, count)
             spill.append(gchrom, start, end, bc, count)
         n_out = int(spill.n.sum())
         if wl is not None and n_out == 0 and n_wl:
@@ -719,7 +886,8 @@ def prepare_fragments(
                 raw,
                 "fragments",
                 f"{n_out} fragments left of {n_in} read "
-                f"(dropped: {_dropped_dict(chroms, dropped)}, not whitelisted: {n_wl})",
+                f"(dropped: {_dropped_dict(chroms, dropped)}, not whitelisted: {n_wl}, "
+                f"blacklisted: {n_black})",
                 f"at least min_fragments={min_fragments}",
             )
         if not sortcheck.sorted:
@@ -744,7 +912,26 @@ def prepare_fragments(
                     gnames[c], rec["start"], rec["end"], remap[rec["barcode"]], rec["count"]
                 )
 
-        write_fragments(out, blocks(), names, csi=bool(gsize.max() >= TBI_MAX_POSITION))
+        # barcodes whose every fragment was blacklisted stay in the QC sums (after the others;
+        # the sidecar lists them, no record refers to them)
+        qc_codes = used_codes
+        if qc.n_blacklist is not None:
+            hit = np.flatnonzero(qc.n_blacklist[: len(barcodes)] > 0)
+            qc_codes = np.r_[used_codes, hit[~used[hit]]]
+        sums = qc.arrays(qc_codes)
+        write_fragments(
+            out,
+            blocks(),
+            names,
+            csi=bool(gsize.max() >= TBI_MAX_POSITION),
+            chrom_sizes=dict(genome.chrom_sizes),
+            sidecar={
+                "barcodes": [barcodes.names[i] for i in qc_codes],
+                "wide": bool(gsize.max() >= 2**31),
+                "arrays": {f"qc.{k}": v for k, v in sums.items()},
+                "meta": {"qc_key": qc.key, "genome": getattr(genome, "name", None)},
+            },
+        )
     finally:
         shutil.rmtree(spill_dir, ignore_errors=True)
     seconds = time.perf_counter() - t0
@@ -760,13 +947,16 @@ def prepare_fragments(
         "renamed_chroms": {k: v for k, v in cm.mapping.items() if k != v},
         "n_not_whitelisted": n_wl,
         "n_beyond_chrom_end": n_beyond,
+        "blacklist": str(blacklist) if blacklist is not None else None,
+        "n_blacklisted": n_black,
         "n_barcodes": len(names),
         "sorted_input": sortcheck.sorted,
         "seconds": round(seconds, 3),
         "fragments_per_second": round(n_in / max(seconds, 1e-9)),
     }
     log.info(
-        "%s -> %s: %d of %d fragments, %d barcodes, %s input, dropped contigs %s (%.1fs)",
+        "%s -> %s: %d of %d fragments, %d barcodes, %s input, dropped contigs %s, "
+        "blacklisted %d (%.1fs)",
         raw,
         out,
         n_out,
@@ -774,6 +964,7 @@ def prepare_fragments(
         len(names),
         "sorted" if sortcheck.sorted else "UNSORTED (sorted)",
         stats["dropped_chroms"],
+        n_black,
         seconds,
     )
     return stats

@@ -20,7 +20,11 @@ Merging (:func:`merge_summits`)
     shared by every dataset merged together: one feature space. We use sorted numpy intervals
     and a small numba kernel rather than pybedtools: fixed-width peaks overlap exactly when
     their summits are less than ``width`` apart, so a greedy sweep over summits sorted by
-    position is all it takes, and pybedtools would add the external ``bedtools`` binary.
+    position is all it takes (bedtools has no significance-ordered removal), and the pipeline
+    then needs no external ``bedtools`` program. pybedtools is the tests' oracle instead:
+    tests/atac/test_blacklist.py checks the merged peaks (no two share a base, every summit's
+    window touches a kept peak at least as significant), the blacklist and the region-overlap
+    counts against bedtools on real regions.
 
 Counting (:func:`peak_matrix`)
     Cells x peaks int32 CSR through :func:`scfm.atac.tiles.count_features`; ``obs`` gets
@@ -46,7 +50,7 @@ import pandas as pd
 from numba import njit
 
 from scfm import __version__
-from scfm.atac.fragments import Index, iter_fragments
+from scfm.atac.fragments import Index, read_chunks
 from scfm.atac.tiles import (
     IntervalMap,
     MatrixSummary,
@@ -188,7 +192,7 @@ def _write_pseudobulk(
     handles = [p.open("w") for p in group_files]
     try:
         for path in fragments_list:
-            chunks = iter_fragments(path, chroms=chroms, barcodes=barcodes, chunk_size=chunk_size)
+            chunks = read_chunks(path, chroms=chroms, barcodes=barcodes, chunk_size=chunk_size)
             for chunk in chunks:
                 keep = (chunk.barcode >= 0) & (chunk.chrom >= 0) & (chunk.end > chunk.start)
                 if code_group is None:

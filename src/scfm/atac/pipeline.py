@@ -81,6 +81,14 @@ def raw_files(manifest_path: str | Path) -> dict[str, Any]:
     }
 
 
+def blacklist_file(spec: str | dict[str, Any], out: str | Path) -> Path:
+    """Fetch ``qc.atac.blacklist`` given as ``{url, sha256}`` to ``out`` (checked download)."""
+    from scfm.io.download import download_configured
+
+    download_configured(spec["url"], out, spec)
+    return Path(out)
+
+
 def fragments(
     manifest: str | Path,
     chrom_sizes: str | Path,
@@ -88,14 +96,22 @@ def fragments(
     out: str | Path,
     *,
     cfg: dict[str, Any],
+    blacklist: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Validate, sort when needed, bgzip and index a dataset's fragments."""
+    """Validate, sort when needed, bgzip and index a dataset's fragments.
+
+    ``blacklist``: a BED of regions whose fragments are removed (``qc.atac.blacklist``).
+    """
     from scfm.atac.fragments import prepare_fragments
 
     genome = genome_from_files(chrom_sizes, genes)
     raw = raw_files(manifest)
     stats = prepare_fragments(
-        raw["fragments"], out, genome=genome, chrom_map=cfg.get("chrom_map") or None
+        raw["fragments"],
+        out,
+        genome=genome,
+        chrom_map=cfg.get("chrom_map") or None,
+        blacklist=blacklist or None,
     )
     log.info("fragments: %s", stats)
     return stats

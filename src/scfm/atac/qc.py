@@ -42,6 +42,8 @@ bin holds every fragment of ``max_length`` bp or longer.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -62,6 +64,9 @@ TSS_SMOOTH = 5  # half-width of the moving average at the TSS
 TSS_PSEUDOCOUNT = 0.1  # added to the per-position background
 NFR_MAX = 147  # nucleosome-free: length < 147
 MONO_MAX = 294  # mono-nucleosome: 147 <= length < 294
+# with a blacklist (prepare_fragments' blacklist=): fragments removed, and their share of all
+# the barcode's fragments (removed + n_fragment + n_mito)
+BLACKLIST_COLUMNS = ["n_blacklist", "frac_blacklist"]
 QC_COLUMNS = [
     "n_fragment",
     "n_mito",
@@ -95,6 +100,129 @@ def _tss_hits(tss: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return center, flank
 
 
+_ACCUMULATORS = ("n_fragment", "n_mito", "n_reads", "tss_center", "tss_flank", "n_nfr", "n_mono")
+
+
+class QcAccumulator:
+    """The per-barcode QC sums of :func:`barcode_qc`, fed chunk by chunk.
+
+    One instance serves both :func:`barcode_qc`'s own pass and the validating pass of
+    :func:`scfm.atac.fragments.prepare_fragments` (which stores the sums in the fragment file's
+    sidecar, so the QC stage need not read the fragments again). ``key`` identifies everything
+    the sums depend on besides the fragments (chromosomes, mitochondrial ones, the TSS set,
+    ``max_length``): stored sums are used only under the same key.
+    """
+
+    def __init__(
+        self, genome: Genome, *, tss: pd.DataFrame | None = None, max_length: int = 1000
+    ) -> None:
+        self.gnames = list(genome.chrom_sizes)
+        self.mito = np.array([c in set(genome.mito_chroms) for c in self.gnames] + [False])
+        tss = genome.tss() if tss is None else tss
+        self.tss_by_chrom = {
+            self.gnames.index(c): np.sort(g["position"].to_numpy(np.int64))
+            for c, g in tss.groupby("chrom", sort=False)
+            if c in genome.chrom_sizes and c not in genome.mito_chroms
+        }
+        self.max_length = int(max_length)
+        self.acc = {k: np.zeros(1024, np.int64) for k in _ACCUMULATORS}
+        self.n_blacklist: np.ndarray | None = None  # fragments removed by a blacklist
+        self.hist = np.zeros(self.max_length + 1, np.int64)
+        h = hashlib.sha256()
+        h.update(
+            json.dumps([self.gnames, self.mito.tolist(), self.max_length, _DEFINITION]).encode()
+        )
+        for c in sorted(self.tss_by_chrom):
+            h.update(np.int64(c).tobytes() + self.tss_by_chrom[c].tobytes())
+        self.key = h.hexdigest()
+
+    def add(
+        self, g: np.ndarray, bc: np.ndarray, start: np.ndarray, end: np.ndarray, count: np.ndarray
+    ) -> None:
+        """Fragments on genome chromosome ``g`` (index, >= 0) of barcode code ``bc`` (>= 0)."""
+        n_bc = int(bc.max()) + 1 if len(bc) else 0
+        _grow(self.acc, n_bc)
+        acc, n_bc = self.acc, len(self.acc["n_reads"])
+        is_mito = self.mito[g]
+        nuclear = ~is_mito
+        acc["n_reads"] += np.bincount(bc, count, n_bc).astype(np.int64)
+        acc["n_mito"] += np.bincount(bc[is_mito], minlength=n_bc)
+        bc_n, start, end, g_n = bc[nuclear], start[nuclear], end[nuclear], g[nuclear]
+        acc["n_fragment"] += np.bincount(bc_n, minlength=n_bc)
+        length = end - start
+        self.hist += np.bincount(np.minimum(length, self.max_length), minlength=self.max_length + 1)
+        acc["n_nfr"] += np.bincount(bc_n[length < NFR_MAX], minlength=n_bc)
+        mono = (length >= NFR_MAX) & (length < MONO_MAX)
+        acc["n_mono"] += np.bincount(bc_n[mono], minlength=n_bc)
+        for c in np.unique(g_n):
+            positions = self.tss_by_chrom.get(int(c))
+            if positions is None or not len(positions):
+                continue
+            m = g_n == c
+            x = np.concatenate([start[m], end[m] - 1])
+            b = np.concatenate([bc_n[m], bc_n[m]])
+            center, flank = _tss_hits(positions, x)
+            acc["tss_center"] += np.bincount(b, center, n_bc).astype(np.int64)
+            acc["tss_flank"] += np.bincount(b, flank, n_bc).astype(np.int64)
+
+    def add_blacklisted(self, bc: np.ndarray) -> None:
+        """Fragments of barcode codes ``bc`` removed because they overlap a blacklisted region."""
+        if self.n_blacklist is None:
+            self.n_blacklist = np.zeros(1024, np.int64)
+        n = int(bc.max()) + 1 if len(bc) else 0
+        if n > len(self.n_blacklist):
+            self.n_blacklist = np.r_[
+                self.n_blacklist, np.zeros(max(n, len(self.n_blacklist)), np.int64)
+            ]
+        self.n_blacklist += np.bincount(bc, minlength=len(self.n_blacklist))
+
+    def arrays(self, codes: np.ndarray) -> dict[str, np.ndarray]:
+        """The sums of barcode ``codes`` (in that order) and the length histogram."""
+        n = int(codes.max()) + 1 if len(codes) else 0
+        _grow(self.acc, n)
+        out = {**{k: v[codes] for k, v in self.acc.items()}, "length_hist": self.hist.copy()}
+        if self.n_blacklist is not None:
+            if n > len(self.n_blacklist):
+                self.n_blacklist = np.r_[self.n_blacklist, np.zeros(n, np.int64)]
+            out["n_blacklist"] = self.n_blacklist[codes]
+        return out
+
+
+# bumped when a definition in this module changes (stored sums are then recomputed)
+_DEFINITION = "qc-v1"
+
+
+def _table(
+    names: Sequence[str], arrays: Mapping[str, np.ndarray], barcodes: Sequence[str] | None
+) -> pd.DataFrame:
+    columns = [*_ACCUMULATORS, *(["n_blacklist"] if "n_blacklist" in arrays else [])]
+    table = pd.DataFrame({k: arrays[k] for k in columns}, index=pd.Index(names))
+    if barcodes is None:
+        table = table.sort_index()  # codes follow chunking; sorted names do not
+    else:
+        table = table.reindex(pd.Index(list(barcodes)), fill_value=0)
+    table.index.name = "barcode"
+    return _derive(table)
+
+
+def stored_qc(
+    fragments: str | Path, acc: QcAccumulator
+) -> tuple[list[str], dict[str, np.ndarray]] | None:
+    """Barcodes and QC sums stored in the sidecar of ``fragments`` under ``acc.key``, or None."""
+    from scfm.atac.sidecar import Sidecar
+
+    side = Sidecar.open(fragments)
+    if side is None or side.meta.get("qc_key") != acc.key:
+        return None
+    arrays = {k: side.array(f"qc.{k}") for k in (*_ACCUMULATORS, "length_hist")}
+    if any(a is None for a in arrays.values()):
+        return None
+    blacklisted = side.array("qc.n_blacklist")
+    if blacklisted is not None:
+        arrays["n_blacklist"] = blacklisted
+    return side.barcodes, arrays
+
+
 def barcode_qc(
     fragments: str | Path,
     genome: Genome,
@@ -106,6 +234,11 @@ def barcode_qc(
     max_length: int = 1000,
 ) -> tuple[pd.DataFrame, pd.Series]:
     """Per-barcode QC table and the fragment-length histogram, in one pass over ``fragments``.
+
+    A file written by :func:`scfm.atac.fragments.prepare_fragments` carries these sums in its
+    sidecar (computed in prepare's validating pass): they are used, without reading the
+    fragments, when the sidecar matches the file and was computed with the same genome, TSS
+    set and ``max_length`` (and ``chrom_map`` is not given).
 
     Parameters
     ----------
@@ -131,21 +264,32 @@ def barcode_qc(
     ``barcodes``) with columns :data:`QC_COLUMNS` (definitions in the module docstring);
     ``length_hist`` is a Series of fragment counts indexed by length ``0..max_length``.
     """
-    gnames = list(genome.chrom_sizes)
-    mito = np.array([c in set(genome.mito_chroms) for c in gnames] + [False])
-    tss = genome.tss() if tss is None else tss
-    tss_by_chrom = {
-        gnames.index(c): np.sort(g["position"].to_numpy(np.int64))
-        for c, g in tss.groupby("chrom", sort=False)
-        if c in genome.chrom_sizes and c not in genome.mito_chroms
-    }
+    qc = QcAccumulator(genome, tss=tss, max_length=max_length)
+    stored = stored_qc(fragments, qc) if chrom_map is None else None
+    if stored is not None:
+        names, arrays = stored
+        table = _table(names, arrays, barcodes)
+        hist = arrays["length_hist"]
+        log.info("%s: QC of %d barcodes from the sidecar", fragments, len(table))
+    else:
+        table, hist = _qc_pass(fragments, genome, qc, chunk_size, barcodes, chrom_map)
+    length_hist = pd.Series(hist, index=pd.RangeIndex(max_length + 1, name="length"), name="n")
+    extra = BLACKLIST_COLUMNS if "n_blacklist" in table else []
+    return table[QC_COLUMNS + extra], length_hist
+
+
+def _qc_pass(
+    fragments: str | Path,
+    genome: Genome,
+    qc: QcAccumulator,
+    chunk_size: int,
+    barcodes: Sequence[str] | None,
+    chrom_map: Mapping[str, str | None] | None,
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """:func:`barcode_qc` by reading the fragments."""
+    gnames = qc.gnames
     chroms = Index()
     bc_index = Index(barcodes, frozen=True) if barcodes is not None else Index()
-    acc = {
-        k: np.zeros(max(len(bc_index), 1024), np.int64)
-        for k in ("n_fragment", "n_mito", "n_reads", "tss_center", "tss_flank", "n_nfr", "n_mono")
-    }
-    hist = np.zeros(max_length + 1, np.int64)
     lut = np.zeros(0, np.int64)
     n_read = n_skipped = 0
     for chunk in iter_fragments(fragments, chroms=chroms, barcodes=bc_index, chunk_size=chunk_size):
@@ -156,43 +300,22 @@ def barcode_qc(
                 [gnames.index(cm.mapping[n]) if n in cm.mapping else -1 for n in chroms.names],
                 np.int64,
             )
-        _grow(acc, len(bc_index))
         g = lut[chunk.chrom]
         valid = (g >= 0) & (chunk.barcode >= 0)
         n_skipped += int((g < 0).sum())
-        is_mito = mito[g] & valid
-        nuclear = valid & ~is_mito
-        bc, n_bc = chunk.barcode, len(acc["n_reads"])
-        acc["n_reads"] += np.bincount(bc[valid], chunk.count[valid], n_bc).astype(np.int64)
-        acc["n_mito"] += np.bincount(bc[is_mito], minlength=n_bc)
-        bc_n, start, end, g_n = bc[nuclear], chunk.start[nuclear], chunk.end[nuclear], g[nuclear]
-        acc["n_fragment"] += np.bincount(bc_n, minlength=n_bc)
-        length = end - start
-        hist += np.bincount(np.minimum(length, max_length), minlength=max_length + 1)
-        acc["n_nfr"] += np.bincount(bc_n[length < NFR_MAX], minlength=n_bc)
-        mono = (length >= NFR_MAX) & (length < MONO_MAX)
-        acc["n_mono"] += np.bincount(bc_n[mono], minlength=n_bc)
-        for c in np.unique(g_n):
-            positions = tss_by_chrom.get(int(c))
-            if positions is None or not len(positions):
-                continue
-            m = g_n == c
-            x = np.concatenate([start[m], end[m] - 1])
-            b = np.concatenate([bc_n[m], bc_n[m]])
-            center, flank = _tss_hits(positions, x)
-            acc["tss_center"] += np.bincount(b, center, n_bc).astype(np.int64)
-            acc["tss_flank"] += np.bincount(b, flank, n_bc).astype(np.int64)
+        qc.add(
+            g[valid],
+            chunk.barcode[valid],
+            chunk.start[valid],
+            chunk.end[valid],
+            chunk.count[valid],
+        )
     if n_skipped:
         log.info("%s: %d fragments on contigs outside the genome ignored", fragments, n_skipped)
     n = len(bc_index)
-    table = pd.DataFrame({k: v[:n] for k, v in acc.items()}, index=pd.Index(bc_index.names))
-    table.index.name = "barcode"
-    if barcodes is None:
-        table = table.sort_index()  # codes follow chunking; sorted names do not
-    table = _derive(table)
-    length_hist = pd.Series(hist, index=pd.RangeIndex(max_length + 1, name="length"), name="n")
+    table = _table(bc_index.names, qc.arrays(np.arange(n)), barcodes)
     log.info("%s: QC of %d barcodes from %d fragments", fragments, len(table), n_read)
-    return table[QC_COLUMNS], length_hist
+    return table, qc.hist
 
 
 def _derive(t: pd.DataFrame) -> pd.DataFrame:
@@ -206,6 +329,11 @@ def _derive(t: pd.DataFrame) -> pd.DataFrame:
         background = t["tss_flank"].to_numpy(float) / (2 * TSS_FLANK) + TSS_PSEUDOCOUNT
         t["tsse"] = center / background
         t["nucleosome_signal"] = t["n_mono"].to_numpy(float) / t["n_nfr"].to_numpy(float)
+        if "n_blacklist" in t:
+            removed = t["n_blacklist"].to_numpy(float)
+            t["frac_blacklist"] = np.where(
+                removed + unique > 0, removed / (removed + unique), np.nan
+            )
     return t
 
 

@@ -41,29 +41,35 @@ windows the excerpted fragment file keeps; tests/atac/test_peaks.py).
 Streaming and memory
 --------------------
 Fragments are coordinate-sorted, not cell-sorted, so the matrix cannot be written row by row
-while reading. One pass over the file turns each chunk into (cell, feature) pairs with numba
-kernels (the file is parsed in a background thread meanwhile) and appends them to one of up to
-256 buckets of consecutive cells. Buckets stay in memory until ``buffer_pairs`` pairs are held
+while reading. A file written by :func:`scfm.atac.fragments.prepare_fragments` is read from its
+binary sidecar (:mod:`scfm.atac.sidecar`), any other file is parsed. One pass over the file
+turns each chunk into (cell, feature) pairs with numba kernels (the file is read in a
+background thread meanwhile) and appends them to one of up to 256 buckets of consecutive
+cells. Buckets stay in memory until ``buffer_pairs`` pairs are held
 (8 bytes each; default 1e8 = 0.8 GB), then all are appended to spill files beside the output
 (``.<name>.spill-*``, removed afterwards). At the end each bucket becomes CSR rows (a counting
 sort by cell, then per-row sorting of the nearly sorted features and merging of repeats) that
 are appended to the h5ad with :class:`scfm.io.h5ad.CsrH5adWriter` in cell order. Peak memory is
 therefore about ``chunk_size`` x ~250 bytes (parsing, and up to 3 chunks in flight) +
 ``buffer_pairs`` x 8 bytes + the largest bucket (pairs / 256 x ~24 bytes while it becomes CSR)
-+ the ``var`` names (~0.8 GB for the 6.2M 500-bp bins of hg38, built after counting), never the
-whole matrix. Measured: 8M fragments, 5,000 cells, hg38 500 bp bins (11M nonzeros): 1.6 GB RSS,
-of which 0.2 GB imports and 0.8 GB bin names. Atlas example: 2.3M nuclei x 5 kb bins with
-~5,000 distinct bins per nucleus is ~1.2e10 nonzeros: ~92 GB of int32 indices + data before
-HDF5 compression, a spill of <= 8 bytes per insertion (2 per fragment) on the output's file
-system, and ~2-3 GB of RAM (buffer, chunks, the 2.3M barcodes, one bucket of ~5e7 pairs).
-Input order does not matter for correctness (unsorted files cost a per-row sort); sorted input
-makes the per-row sort linear.
++ the ``var`` of genome bins when it is first built (17 bytes per bin of columns, the names
+written in blocks of 1M as fixed-width bytes, never as Python strings; then cached per genome
+and bin size, see :class:`BinVar`), never the whole matrix. Measured before the names became
+bytes: 8M fragments, 5,000 cells, hg38 500 bp bins (11M nonzeros): 1.6 GB RSS, of which 0.2 GB
+imports and 0.8 GB bin names. Atlas example: 2.3M nuclei x 5 kb bins with ~5,000 distinct bins
+per nucleus is ~1.2e10 nonzeros: ~92 GB of int32 indices + data before HDF5 compression, a
+spill of <= 8 bytes per insertion (2 per fragment) on the output's file system, and ~2-3 GB of
+RAM (buffer, chunks, the 2.3M barcodes, one bucket of ~5e7 pairs). Input order does not matter
+for correctness (unsorted files cost a per-row sort); sorted input makes the per-row sort
+linear.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import queue
 import shutil
 import threading
@@ -82,7 +88,7 @@ import scipy.sparse as sp
 from numba import njit
 
 from scfm import __version__
-from scfm.atac.fragments import FragmentChunk, Index, iter_fragments
+from scfm.atac.fragments import FragmentChunk, Index, _put_int, read_chunks
 from scfm.atomic import atomic_path, temp_dir_beside
 from scfm.errors import ScfmInputError
 from scfm.io.h5ad import CsrH5adWriter
@@ -401,25 +407,169 @@ class BinMap:
             n_hit,
         )
 
-    def var(self) -> pd.DataFrame:
-        """``var`` of the bins: index ``chrom:start-end`` (0-based, half-open), chrom/start/end."""
+    def var(self) -> BinVar:
+        """``var`` of the bins: names ``chrom:start-end`` (0-based, half-open), chrom/start/end.
+
+        Returned as a :class:`BinVar`, written by h5py: the names as fixed-width bytes (hg38 at
+        500 bp is 6.2M names: as Python strings they cost seconds and ~0.8 GB per matrix), and
+        the whole group cached once per genome and bin size.
+        """
+        return BinVar(self)
+
+    def columns(self) -> pd.DataFrame:
+        """``chrom`` (categorical), ``start``, ``end`` of every bin (RangeIndex)."""
         chrom_codes = np.repeat(np.arange(len(self._sizes)), self.n_bins_per_chrom)
         start = (np.arange(self.n_features, dtype=np.int64) - self.bin_offset[chrom_codes]) * (
             self.bin_size
         )
         end = np.minimum(start + self.bin_size, self._sizes[chrom_codes])
         chrom = pd.Categorical.from_codes(chrom_codes, categories=list(self.chrom_sizes))
-        bs = self.bin_size
-        names: list[str] = []  # a list comprehension beats pandas/numpy string ops ~3x here
-        for name, size in self.chrom_sizes.items():
-            full = size // bs * bs
-            names += [f"{name}:{s}-{s + bs}" for s in range(0, full, bs)]
-            if full < size:
-                names.append(f"{name}:{full}-{size}")
-        return pd.DataFrame(
-            {"chrom": chrom, "start": start, "end": end},
-            index=pd.Index(np.array(names, dtype=object), copy=False),
+        return pd.DataFrame({"chrom": chrom, "start": start, "end": end})
+
+    def names(self, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """Names of bins ``lo..hi-1`` as a fixed-width bytes array (``S<width>``)."""
+        hi = self.n_features if hi is None else hi
+        encoded = [c.encode() for c in self.chrom_sizes]
+        name_off = np.zeros(len(encoded) + 1, np.int64)
+        name_off[1:] = np.cumsum([len(b) for b in encoded])
+        name_bytes = np.frombuffer(b"".join(encoded), np.uint8)
+        width = max(len(b) for b in encoded) + 2 + 2 * len(str(int(self._sizes.max())))
+        out = np.zeros((max(hi - lo, 0), width), np.uint8)
+        _bin_names(lo, hi, self.bin_offset, self._sizes, self.bin_size, name_bytes, name_off, out)
+        return out.view(f"S{width}").ravel()
+
+
+VAR_CACHE_VERSION = 1  # bumped when the layout of a bins' var group changes
+
+
+def var_cache_dir() -> Path | None:
+    """Where bins' ``var`` groups are cached.
+
+    ``$SCFM_CACHE_DIR`` (empty or ``none``: no cache), else ``$XDG_CACHE_HOME/scfm`` or
+    ``~/.cache/scfm``.
+    """
+    env = os.environ.get("SCFM_CACHE_DIR")
+    if env is not None:
+        return None if env.strip().lower() in ("", "none") else Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "scfm"
+
+
+class BinVar:
+    """``var`` of genome bins, written straight into an h5ad by h5py (see :meth:`BinMap.var`).
+
+    The group (anndata's dataframe encoding: ``chrom`` categorical, ``start``, ``end``, names as
+    fixed-width bytes in ``_index``, which anndata reads back as ``str``) is the same for every
+    matrix of one genome and bin size, so it is written once into a cache file
+    (:func:`var_cache_dir`, named by a hash of the chromosome sizes, bin size, compression and
+    :data:`VAR_CACHE_VERSION`) and HDF5-copied from there (compressed chunks copied as they are).
+    Without a usable cache it is written directly.
+    """
+
+    block = 1 << 20  # names generated per block
+
+    def __init__(self, bins: BinMap) -> None:
+        self.bins = bins
+
+    def __len__(self) -> int:
+        return self.bins.n_features
+
+    def frame(self) -> pd.DataFrame:
+        """The same ``var`` as a DataFrame with ``str`` names (6.2M Python strings for hg38)."""
+        names = self.bins.names().astype(str)
+        return self.bins.columns().set_index(pd.Index(names.astype(object), dtype=object))
+
+    def _cache_file(self, compression: str | None) -> Path | None:
+        root = var_cache_dir()
+        if root is None:
+            return None
+        key = json.dumps(
+            [
+                list(self.bins.chrom_sizes.items()),
+                self.bins.bin_size,
+                compression,
+                VAR_CACHE_VERSION,
+            ]
         )
+        return root / "bin_var" / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.h5"
+
+    def write(self, f: h5py.File, compression: str | None) -> None:
+        """Write the ``var`` group of ``f`` (from the cache when there is one)."""
+        cache = self._cache_file(compression)
+        if cache is not None:
+            try:
+                if not cache.is_file():
+                    with atomic_path(cache, suffix=".tmp.h5") as tmp, h5py.File(tmp, "w") as c:
+                        self._write(c, compression)
+                with h5py.File(cache, "r") as c:
+                    if c["var/_index"].shape == (len(self),):
+                        c.copy(c["var"], f, "var")
+                        return
+                log.warning("bins var cache %s does not match; writing var directly", cache)
+            except (OSError, KeyError) as exc:
+                log.warning("bins var cache %s unusable (%s); writing var directly", cache, exc)
+                if "var" in f:
+                    del f["var"]
+        self._write(f, compression)
+
+    def _write(self, f: h5py.File, compression: str | None) -> None:
+        kw: dict[str, Any] = {} if compression in (None, "none") else {"compression": compression}
+        g = f.create_group("var")
+        g.attrs["encoding-type"] = "dataframe"
+        g.attrs["encoding-version"] = "0.2.0"
+        g.attrs["_index"] = "_index"
+        g.attrs["column-order"] = np.array(["chrom", "start", "end"], dtype=object)
+        columns = self.bins.columns()
+        for name in ("chrom", "start", "end"):
+            ad.io.write_elem(
+                g,
+                name,
+                columns[name].array if name == "chrom" else columns[name].to_numpy(),
+                dataset_kwargs=kw,
+            )
+        del columns
+        n = self.bins.n_features
+        width = self.bins.names(0, 1).dtype.itemsize if n else 1
+        ds = g.create_dataset(
+            "_index", shape=(n,), dtype=f"S{width}", chunks=(min(max(n, 1), 1 << 16),), **kw
+        )
+        for lo in range(0, n, self.block):
+            hi = min(lo + self.block, n)
+            ds[lo:hi] = self.bins.names(lo, hi)
+        ds.attrs["encoding-type"] = "string-array"
+        ds.attrs["encoding-version"] = "0.2.0"
+
+
+class _BinsH5adWriter(CsrH5adWriter):
+    """:class:`CsrH5adWriter` whose ``var`` is a :class:`BinVar` (written by h5py, cached)."""
+
+    def __init__(self, path: Path, *, var: BinVar, compression: str | None, **kw: Any) -> None:
+        self._bin_var = var
+        placeholder = pd.DataFrame(index=pd.RangeIndex(len(var)))  # sizes the matrix only
+        super().__init__(path, var=placeholder, compression=compression, **kw)
+
+    def _create(self, obs, var, uns, dtype, kw) -> None:
+        super()._create(obs, var.iloc[:0], uns, dtype, kw)  # an empty var, then the real one
+        del self._f["var"]
+        self._bin_var.write(self._f, kw.get("compression"))
+
+
+@njit(cache=True)
+def _bin_names(lo, hi, bin_offset, sizes, bin_size, name_bytes, name_off, out) -> None:
+    """``chrom:start-end`` of bins ``lo..hi-1`` into the rows of ``out`` (zero-padded)."""
+    c = 0
+    for b in range(lo, hi):
+        while c + 1 < len(bin_offset) and b >= bin_offset[c + 1]:
+            c += 1
+        row = out[b - lo]
+        p = 0
+        for j in range(name_off[c], name_off[c + 1]):
+            row[p] = name_bytes[j]
+            p += 1
+        row[p] = 58  # ':'
+        s = (b - bin_offset[c]) * bin_size
+        p = _put_int(row, p + 1, s)
+        row[p] = 45  # '-'
+        _put_int(row, p + 1, min(s + bin_size, sizes[c]))
 
 
 class IntervalMap:
@@ -639,7 +789,7 @@ def count_features(
     barcodes: Sequence[str],
     out_h5ad: str | Path,
     *,
-    var: pd.DataFrame | Callable[[], pd.DataFrame],
+    var: pd.DataFrame | BinVar | Callable[[], pd.DataFrame | BinVar],
     stage: str,
     params: dict[str, Any],
     counting: str = "insertion",
@@ -704,9 +854,7 @@ def count_features(
     spill_dir = temp_dir_beside(out_h5ad, spill=True)
     try:
         buckets = _Buckets(n_cells, spill_dir, buffer_pairs)
-        chunks = iter_fragments(
-            fragments, chroms=chroms, barcodes=cell_index, chunk_size=chunk_size
-        )
+        chunks = read_chunks(fragments, chroms=chroms, barcodes=cell_index, chunk_size=chunk_size)
         for chunk in _prefetch(chunks):
             n_read += len(chunk)
             ok = chunk.barcode >= 0
@@ -755,8 +903,9 @@ def count_features(
         if len(var_frame) != feature_map.n_features:
             raise ValueError(f"var has {len(var_frame)} rows for {feature_map.n_features} features")
         n_features = feature_map.n_features
+        make_writer = _BinsH5adWriter if isinstance(var_frame, BinVar) else CsrH5adWriter
         with atomic_path(out_h5ad) as tmp:
-            with CsrH5adWriter(
+            with make_writer(
                 tmp, obs=obs, var=var_frame, uns=None, dtype=np.int32, compression=compression
             ) as writer:
                 del var_frame
