@@ -169,10 +169,15 @@ def run_model_cfg(wildcards):
     return MODELS[RUNS[wildcards.run]["model"]]
 
 
+def run_manifest(run):
+    """The manifest of the corpus shards a run trains on."""
+    cfg = RUNS[run]
+    return f"results/corpus/{cfg['corpus']}/{cfg['tokenizer']}/manifest.json"
+
+
 def get_run_manifest(wildcards):
     """The corpus shards a run trains on."""
-    run = RUNS[wildcards.run]
-    return f"results/corpus/{run['corpus']}/{run['tokenizer']}/manifest.json"
+    return run_manifest(wildcards.run)
 
 
 def get_run_vocab(wildcards):
@@ -272,6 +277,24 @@ def bench_cfg(wildcards):
 def get_bench_qc(wildcards):
     """The QC'd h5ad an evaluation set is drawn from."""
     return f"results/qc/{BENCHMARKS[wildcards.evalset]['dataset']}.h5ad"
+
+
+def bench_run_manifests(wildcards):
+    """Corpus manifest of each trained run an evaluation set scores, by run."""
+    methods = BENCHMARKS[wildcards.evalset]["methods"]
+    return {m: run_manifest(m) for m in methods if m in RUNS}
+
+
+def get_bench_run_manifests(wildcards):
+    """Corpus manifests of the evaluation set's runs (their train splits are counted)."""
+    return sorted(set(bench_run_manifests(wildcards).values()))
+
+
+def get_held_out_manifests(wildcards):
+    """With held_out, the evaluation set itself needs the runs' corpora (to leave cells out)."""
+    if BENCHMARKS[wildcards.evalset]["held_out"]:
+        return get_bench_run_manifests(wildcards)
+    return []
 
 
 def baseline_params(wildcards):

@@ -58,6 +58,7 @@ def prepare_evalset(
     seed: int = 0,
     n_hvg: int = 2000,
     name: str = "",
+    exclude: pd.Index | None = None,
 ) -> ad.AnnData:
     """Write the evaluation set of one benchmark: counts, keys, highly variable genes.
 
@@ -66,7 +67,8 @@ def prepare_evalset(
     genes chosen by scanpy's ``seurat_v3`` flavour on counts with ``batch_key`` (Stuart et al.
     2019), which the pca, hvg and scvi baselines use. ``obs["scfm_label"]``,
     ``obs["scfm_batch"]`` and ``obs["scfm_split"]`` hold the keys as strings so metrics need no
-    config.
+    config. ``exclude``: cell IDs left out before any subset is drawn (cells a trained run saw,
+    see :mod:`scfm.bench.leakage`).
     """
     qc_h5ad = Path(qc_h5ad)
     split_key = split_key or batch_key
@@ -78,9 +80,24 @@ def prepare_evalset(
             qc_h5ad,
         )
         rows = np.arange(backed.n_obs)
-        if max_cells is not None and backed.n_obs > max_cells:
+        if exclude is not None:
+            rows = rows[~backed.obs_names.astype(str).isin(exclude)]
+            log.info(
+                "held out: %d of %d cells were trained on by a run and are left out",
+                backed.n_obs - rows.size,
+                backed.n_obs,
+            )
+            if rows.size == 0:
+                raise ScfmInputError(
+                    qc_h5ad,
+                    "obs_names",
+                    "every cell is in the training split of a run of this evaluation set",
+                    "held-out cells (a corpus split with test > 0, or a dataset outside the "
+                    "runs' corpora), or benchmarks.<name>.held_out: false",
+                )
+        if max_cells is not None and rows.size > max_cells:
             rng = np.random.default_rng(seed)
-            rows = np.sort(rng.choice(backed.n_obs, size=max_cells, replace=False))
+            rows = np.sort(rng.choice(rows, size=max_cells, replace=False))
             log.info("evaluating a seeded subset of %d of %d cells", max_cells, backed.n_obs)
         adata = backed[rows].to_memory()
     finally:
@@ -131,6 +148,7 @@ def prepare_evalset(
         "batch_key": batch_key,
         "split_key": split_key,
         "max_cells": -1 if max_cells is None else int(max_cells),
+        "held_out": exclude is not None,
         "seed": int(seed),
         "n_hvg": int(adata.var["highly_variable"].sum()),
         "scfm_version": __version__,
