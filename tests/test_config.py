@@ -179,17 +179,13 @@ def test_paths_expand_home_and_environment_variables(monkeypatch, tmp_path):
     assert cfg["corpora"]["c"]["vocab"]["genes_file"] == f"{home}/hvgs.txt"
     assert cfg["registry"]["path"] == f"{home}/reg" and cfg["registry"]["settings_dir"] == home
     # names, URLs and filters are not paths: a '~' or '$' in them is kept as written
-    cfg = validate_config(
-        {"datasets": {"a": {**DEMO, "obs_values": {"tissue": "~$x"}}}}
-    )
+    cfg = validate_config({"datasets": {"a": {**DEMO, "obs_values": {"tissue": "~$x"}}}})
     assert cfg["datasets"]["a"]["obs_values"]["tissue"] == "~$x"
 
 
 def test_unset_variable_in_a_path_names_key_and_variable(monkeypatch):
     monkeypatch.delenv("SCFM_NOT_SET", raising=False)
-    problems = errors_of(
-        {"datasets": {"a": {"source": "local", "path": "$SCFM_NOT_SET/x.h5ad"}}}
-    )
+    problems = errors_of({"datasets": {"a": {"source": "local", "path": "$SCFM_NOT_SET/x.h5ad"}}})
     assert len(problems) == 1
     assert problems[0].startswith("datasets.a.path: '$SCFM_NOT_SET/x.h5ad' uses the environment")
     assert "$SCFM_NOT_SET, which are not set" in problems[0]

@@ -55,7 +55,7 @@ def expand_path(value: str) -> str:
     ValueError
         Naming the unset variable(s), so that the caller can add the key path.
     """
-    expanded = os.path.expanduser(os.path.expandvars(value))
+    expanded = str(Path(os.path.expandvars(value)).expanduser())
     unset = _UNSET_VAR.findall(expanded)
     if unset:
         names = ", ".join(f"${v.strip('{}')}" for v in unset)

@@ -175,9 +175,7 @@ def test_scrublet_scores_injected_doublets_higher(tmp_path):
     assert scores[True] > 2 * scores[False]
 
 
-def test_emptied_batch_and_large_loss_are_flagged_and_small_batch_skips_scrublet(
-    tmp_path, caplog
-):
+def test_emptied_batch_and_large_loss_are_flagged_and_small_batch_skips_scrublet(tmp_path, caplog):
     """A 32-cell batch of shallow cells is emptied by min_counts: log, TSV and figure say so."""
     from scfm.io.simulate import simulate_counts
 
@@ -209,7 +207,11 @@ def test_emptied_batch_and_large_loss_are_flagged_and_small_batch_skips_scrublet
     warn = table[table.step == "warning"].set_index("reason")
     assert set(warn.index) == {"dataset_removed_fraction", "batch_emptied", "donor_emptied"}
     assert warn.loc["batch_emptied", "group"] == "P07"
-    assert warn.loc["batch_emptied", ["n_failed", "n_removed", "n_remaining"]].tolist() == [32, 32, 0]
+    assert warn.loc["batch_emptied", ["n_failed", "n_removed", "n_remaining"]].tolist() == [
+        32,
+        32,
+        0,
+    ]
     assert warn.loc["batch_emptied", "detail"] == "min_counts: 32"
     assert warn.loc["dataset_removed_fraction", "threshold"] == 0.05
     written = pd.read_csv(tmp_path / "m.tsv", sep="\t")

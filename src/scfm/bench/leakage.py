@@ -53,11 +53,15 @@ def corpus_cell_ids(manifest: str | Path, dataset: str) -> dict[str, pd.Index]:
             )
         with pa.memory_map(str(path)) as source:
             reader = ipc.open_file(source)
-            column = [reader.get_batch(i).column("cell_id") for i in range(reader.num_record_batches)]
+            column = [
+                reader.get_batch(i).column("cell_id") for i in range(reader.num_record_batches)
+            ]
             ids[shard["split"]].append(
                 pa.chunked_array(column, type=pa.string()).to_numpy(zero_copy_only=False)
             )
-    return {s: pd.Index(np.concatenate(v) if v else np.array([], dtype=object)) for s, v in ids.items()}
+    return {
+        s: pd.Index(np.concatenate(v) if v else np.array([], dtype=object)) for s, v in ids.items()
+    }
 
 
 def leakage_table(
@@ -107,7 +111,11 @@ def warn_leakage(table: pd.DataFrame, evalset: str) -> None:
 def trained_cells(runs: Mapping[str, str | Path], dataset: str) -> pd.Index:
     """Cell IDs of ``dataset`` that any of ``runs`` trained on (their corpora's train splits)."""
     parts = [corpus_cell_ids(manifest, dataset)["train"] for manifest in runs.values()]
-    return pd.Index(np.unique(np.concatenate([p.to_numpy() for p in parts]))) if parts else pd.Index([])
+    return (
+        pd.Index(np.unique(np.concatenate([p.to_numpy() for p in parts])))
+        if parts
+        else pd.Index([])
+    )
 
 
 def leakage_job(

@@ -35,7 +35,14 @@ RIBO_PREFIX = {"human": ("RPS", "RPL"), "mouse": ("Rps", "Rpl")}
 #: dataset, batch or donor that lost more cells than qc.rna.warn_*_fraction allows (``group``
 #: names the batch or donor, ``detail`` the reasons that removed most of its cells).
 TABLE_COLUMNS = [
-    "step", "reason", "threshold", "n_failed", "n_removed", "n_remaining", "group", "detail"
+    "step",
+    "reason",
+    "threshold",
+    "n_failed",
+    "n_removed",
+    "n_remaining",
+    "group",
+    "detail",
 ]
 # Metric columns written to obs and used for thresholds.
 METRICS = ["total_counts", "n_genes_by_counts", "pct_counts_mt", "pct_counts_ribo"]
