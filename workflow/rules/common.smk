@@ -1,6 +1,8 @@
 # Config validation, wildcard constraints and input functions shared by every rule.
 import re
 
+from snakemake.logging import logger
+
 from scfm.config import corpus_tokenizers as _corpus_tokenizers
 from scfm.config import load_schema, validate_config
 
@@ -290,6 +292,22 @@ def get_bench_run_manifests(wildcards):
     return sorted(set(bench_run_manifests(wildcards).values()))
 
 
+def warn_possible_leakage():
+    """Say at start-up which runs may be scored on cells they trained on (leakage.tsv counts)."""
+    for name, bench in BENCHMARKS.items():
+        if bench["held_out"]:
+            continue
+        for run in bench["methods"]:
+            corpus = CORPORA.get(RUNS.get(run, {}).get("corpus"), {})
+            if bench["dataset"] in (corpus.get("datasets") or []):
+                logger.warning(
+                    f"benchmarks.{name}: dataset {bench['dataset']} is in corpus "
+                    f"{RUNS[run]['corpus']} of run {run}; its training cells are counted in "
+                    f"results/bench/{name}/leakage.tsv and the summaries (train_overlap), or "
+                    f"set benchmarks.{name}.held_out: true to evaluate only held-out cells"
+                )
+
+
 def get_held_out_manifests(wildcards):
     """With held_out, the evaluation set itself needs the runs' corpora (to leave cells out)."""
     if BENCHMARKS[wildcards.evalset]["held_out"]:
@@ -362,6 +380,8 @@ def get_bench_outputs():
             files += [f"results/bench/{name}/{m}/umap.png" for m in bench["methods"]]
     return files
 
+
+warn_possible_leakage()
 
 # The registry (docs/registry.md): without lamindb installed, stop here rather than in a job.
 from scfm.registry import check_installed
