@@ -231,7 +231,7 @@ def summary_job(
     With ``leakage`` (the ``leakage.tsv`` of :func:`scfm.bench.leakage.leakage_job`) every row
     gets :data:`OVERLAP_COLUMNS`: how many of the evaluation cells the method trained on.
     """
-    from scfm.bench.plots import results_table_figure
+    from scfm.bench.plots import NEGATIVE_CONTROL, gamed_aggregates, results_table_figure
 
     long = pd.concat([pd.read_csv(t, sep="\t") for t in tables], ignore_index=True)
     if evalset:
@@ -253,6 +253,17 @@ def summary_job(
         for i, column in enumerate(OVERLAP_COLUMNS):
             wide.insert(i, column, first.loc[wide.index, column])
     write_table(wide.reset_index(), out_wide_tsv)
+    types = long.drop_duplicates("metric").set_index("metric")["type"]
+    for column, beaten in gamed_aggregates(wide, types).items():
+        log.warning(
+            "%s: %s (the negative control) scores at or above %s on the aggregate %r: it does "
+            "not separate them from noise here; read the individual metrics (marked in the "
+            "results table)",
+            evalset,
+            NEGATIVE_CONTROL,
+            ", ".join(beaten),
+            column,
+        )
     if out_png is not None:
         results_table_figure(long, out_png, title=evalset)
     return long
