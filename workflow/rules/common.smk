@@ -297,15 +297,19 @@ def warn_possible_leakage():
     for name, bench in BENCHMARKS.items():
         if bench["held_out"]:
             continue
-        for run in bench["methods"]:
-            corpus = CORPORA.get(RUNS.get(run, {}).get("corpus"), {})
-            if bench["dataset"] in (corpus.get("datasets") or []):
-                logger.warning(
-                    f"benchmarks.{name}: dataset {bench['dataset']} is in corpus "
-                    f"{RUNS[run]['corpus']} of run {run}; its training cells are counted in "
-                    f"results/bench/{name}/leakage.tsv and the summaries (train_overlap), or "
-                    f"set benchmarks.{name}.held_out: true to evaluate only held-out cells"
-                )
+        runs = [
+            run
+            for run in bench["methods"]
+            if bench["dataset"]
+            in (CORPORA.get(RUNS.get(run, {}).get("corpus"), {}).get("datasets") or [])
+        ]
+        if runs:
+            logger.warning(
+                f"benchmarks.{name}: dataset {bench['dataset']} is in the training corpus of "
+                f"run(s) {', '.join(runs)}; the evaluation cells they trained on are counted "
+                f"in results/bench/{name}/leakage.tsv and the summaries (train_overlap); "
+                f"benchmarks.{name}.held_out: true evaluates only held-out cells"
+            )
 
 
 def get_held_out_manifests(wildcards):
