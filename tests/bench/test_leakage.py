@@ -212,3 +212,21 @@ def test_results_table_marks_gamed_aggregates_and_draws_masked_rows(tmp_path):
         & (honest_int[..., 2] < 60)
     )
     assert red_h.sum() < 20
+
+
+def test_evalset_without_runs_has_an_empty_overlap(tmp_path, corpora):
+    """Baselines only: leakage.tsv has no rows and the overlap columns stay empty."""
+    full = tmp_path / "full.h5ad"
+    prepare_evalset(corpora["a"], full, label_key="cell_type", batch_key="batch", n_hvg=50)
+    table = leakage_job(full, tmp_path / "leakage.tsv", dataset="a", runs={}, name="ev")
+    assert table.empty and list(table.columns)[:2] == ["method", "corpus"]
+    tables = write_metric_tables(tmp_path, runs=[])
+    summary_job(
+        tables,
+        tmp_path / "s.tsv",
+        tmp_path / "w.tsv",
+        evalset="ev",
+        leakage=tmp_path / "leakage.tsv",
+    )
+    written = pd.read_csv(tmp_path / "s.tsv", sep="\t")
+    assert written["train_overlap"].isna().all() and len(written) == 8
