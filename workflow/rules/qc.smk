@@ -11,7 +11,7 @@ rule qc:
             caption="../report/qc_metrics.rst",
             category="QC",
             subcategory="{dataset}",
-            labels={"dataset": "{dataset}", "figure": "QC metrics (table)"},
+            labels={"dataset": "{dataset}", "figure": "cells removed per filter (table)"},
         ),
         figure=report(
             "results/qc/{dataset}.qc.png",
