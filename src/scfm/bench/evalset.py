@@ -97,8 +97,9 @@ def prepare_evalset(
                 )
         if max_cells is not None and rows.size > max_cells:
             rng = np.random.default_rng(seed)
+            n_eligible = rows.size
             rows = np.sort(rng.choice(rows, size=max_cells, replace=False))
-            log.info("evaluating a seeded subset of %d of %d cells", max_cells, backed.n_obs)
+            log.info("evaluating a seeded subset of %d of %d cells", max_cells, n_eligible)
         adata = backed[rows].to_memory()
     finally:
         backed.file.close()
