@@ -226,3 +226,28 @@ def test_emptied_batch_and_large_loss_are_flagged_and_small_batch_skips_scrublet
     assert "min_doublet_batch_cells = 100" in skipped[0]
     got = ad.read_h5ad(tmp_path / "qc.h5ad")
     assert "P07" not in set(got.obs["batch"]) and got.obs["doublet_score"].notna().all()
+
+
+def test_scrublet_on_small_batches_of_real_singlets_is_why_they_are_skipped():
+    """CellBench holds singlets only: at 32 cells scrublet calls nearly all of them doublets,
+    at the default min_doublet_batch_cells (100) only a few percent."""
+    from pathlib import Path
+
+    from scfm.qc.rna import MIN_DOUBLET_BATCH_CELLS
+
+    shared = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    if not shared.is_dir():
+        pytest.skip(f"{shared} not present (only CI and developer machines have ../shared)")
+    cells = ad.read_h5ad(shared / "rna" / "cellbench_5batch.h5ad")
+    batch = cells[cells.obs["batch"] == "sc_celseq2"]
+    rng = np.random.default_rng(0)
+    called = {}
+    for n in (32, MIN_DOUBLET_BATCH_CELLS):
+        called[n] = []
+        for seed in range(2):
+            sub = batch[rng.choice(batch.n_obs, n, replace=False)].copy()
+            sub.X = sub.X.astype(np.float32)
+            sc.pp.scrublet(sub, random_state=seed, verbose=False)
+            called[n].append(float(sub.obs["predicted_doublet"].mean()))
+    assert min(called[32]) > 0.5, called
+    assert max(called[MIN_DOUBLET_BATCH_CELLS]) < 0.1, called
