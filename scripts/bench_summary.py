@@ -13,5 +13,6 @@ summary_job(
     snakemake.output.wide,
     snakemake.output.png,
     evalset=snakemake.wildcards.evalset,
+    leakage=snakemake.input.leakage,
 )
 register_outputs(snakemake, kind="benchmark")  # no-op unless registry.enabled

@@ -219,3 +219,41 @@ def test_external_method_width_must_agree_across_sets():
         "allow_extra_cells": False,
         "threads": 2,
     }
+
+
+def test_paths_expand_home_and_environment_variables(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SCFM_TEST_DATA", "/lab/data")
+    cfg = validate_config(
+        {
+            "datasets": {
+                "a": {"source": "local", "path": "~/run1.h5ad"},
+                "b": {"source": "local", "path": "${SCFM_TEST_DATA}/run2.h5ad"},
+            },
+            "references": {"human": {"genes": {"path": "$SCFM_TEST_DATA/genes.csv"}}},
+            "corpora": {
+                "c": {
+                    "datasets": ["a"],
+                    "vocab": {"policy": "file", "genes_file": "~/hvgs.txt"},
+                }
+            },
+            "registry": {"path": "~/reg", "settings_dir": "~"},
+        }
+    )
+    home = str(tmp_path / "home")
+    assert cfg["datasets"]["a"]["path"] == f"{home}/run1.h5ad"
+    assert cfg["datasets"]["b"]["path"] == "/lab/data/run2.h5ad"
+    assert cfg["references"]["human"]["genes"]["path"] == "/lab/data/genes.csv"
+    assert cfg["corpora"]["c"]["vocab"]["genes_file"] == f"{home}/hvgs.txt"
+    assert cfg["registry"]["path"] == f"{home}/reg" and cfg["registry"]["settings_dir"] == home
+    # names, URLs and filters are not paths: a '~' or '$' in them is kept as written
+    cfg = validate_config({"datasets": {"a": {**DEMO, "obs_values": {"tissue": "~$x"}}}})
+    assert cfg["datasets"]["a"]["obs_values"]["tissue"] == "~$x"
+
+
+def test_unset_variable_in_a_path_names_key_and_variable(monkeypatch):
+    monkeypatch.delenv("SCFM_NOT_SET", raising=False)
+    problems = errors_of({"datasets": {"a": {"source": "local", "path": "$SCFM_NOT_SET/x.h5ad"}}})
+    assert len(problems) == 1
+    assert problems[0].startswith("datasets.a.path: '$SCFM_NOT_SET/x.h5ad' uses the environment")
+    assert "$SCFM_NOT_SET, which are not set" in problems[0]

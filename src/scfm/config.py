@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import os
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -44,15 +45,49 @@ def _strip_defaults(schema: Any) -> Any:
     return schema
 
 
+_UNSET_VAR = re.compile(r"\$(\w+|\{[^}]*\})")
+
+
+def expand_path(value: str) -> str:
+    """``~`` and ``$VAR``/``${VAR}`` of a config path expanded; an unset variable is an error.
+
+    Raises
+    ------
+    ValueError
+        Naming the unset variable(s), so that the caller can add the key path.
+    """
+    expanded = str(Path(os.path.expandvars(value)).expanduser())
+    unset = _UNSET_VAR.findall(expanded)
+    if unset:
+        names = ", ".join(f"${v.strip('{}')}" for v in unset)
+        raise ValueError(
+            f"{value!r} uses the environment variable(s) {names}, which are not set; expected "
+            "them set in the environment of snakemake, or a path without them"
+        )
+    return expanded
+
+
 def _with_defaults(validator_class: type) -> type:
-    """Extend a jsonschema validator so that `properties` fills in each property's default."""
+    """Extend a jsonschema validator: `properties` fills in defaults and expands paths.
+
+    A property marked ``x-path: true`` in the schema is a file or directory path: ``~`` and
+    environment variables in it are expanded here, the one place every rule and source reads
+    the config through (an unset variable is a validation error at that key).
+    """
     validate_properties = validator_class.VALIDATORS["properties"]
 
     def properties(validator, props, instance, schema):
         if isinstance(instance, dict):
             for name, sub in props.items():
-                if isinstance(sub, dict) and "default" in sub and name not in instance:
+                if not isinstance(sub, dict):
+                    continue
+                if "default" in sub and name not in instance:
                     instance[name] = copy.deepcopy(sub["default"])
+                if sub.get("x-path") and isinstance(instance.get(name), str):
+                    try:
+                        instance[name] = expand_path(instance[name])
+                    except ValueError as exc:
+                        yield jsonschema.ValidationError(str(exc), path=[name])
         yield from validate_properties(validator, props, instance, schema)
 
     return jsonschema.validators.extend(validator_class, {"properties": properties})

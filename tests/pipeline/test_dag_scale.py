@@ -162,7 +162,7 @@ def expected_jobs(config: dict) -> dict[str, int]:
             len(atac),
         ),
     }
-    per_set = "bench_data scgraph_reference bench_summary baseline embed"
+    per_set = "bench_data bench_leakage scgraph_reference bench_summary baseline embed"
     per_method = "scib scgraph annotation masked umap"
     bench = dict.fromkeys(f"{per_set} {per_method}".split(), 0)
     for b in config["benchmarks"].values():
@@ -170,6 +170,7 @@ def expected_jobs(config: dict) -> dict[str, int]:
         metrics = set(b.get("metrics", ["scib", "scgraph", "annotation", "masked"]))
         trained = methods & set(runs)
         bench["bench_data"] += 1
+        bench["bench_leakage"] += 1
         bench["bench_summary"] += 1
         bench["scgraph_reference"] += "scgraph" in metrics
         for metric in ("scib", "scgraph"):

@@ -122,7 +122,7 @@ def test_demo_runs_end_to_end(workdir, demo_run):
         assert adata.var_names.name == "gene_id"
         assert {"cell_type", "batch", "donor", "tissue", "assay", "dataset"} <= set(adata.obs)
         metrics = pd.read_csv(workdir / "results" / "qc" / f"{name}.metrics.tsv", sep="\t")
-        assert metrics.iloc[-1]["reason"] == "min_cells_per_gene"
+        assert metrics[metrics["step"] == "genes"].iloc[-1]["reason"] == "min_cells_per_gene"
         assert (workdir / "results" / "qc" / f"{name}.qc.png").stat().st_size > 10_000
         for rule in ("download", "standardize", "qc"):
             log = workdir / "logs" / rule / f"{name}.log"
@@ -183,6 +183,58 @@ def test_benchmark_tables_put_runs_next_to_baselines(workdir, demo_run):
     assert list(emb.obsm) == ["X_t"] and emb.obs_names.equals(data.obs_names)
     overall = pd.read_csv(workdir / "results" / "bench" / "summary.tsv", sep="\t")
     assert set(overall["evalset"]) == {"s"} and len(overall) == len(long)
+    # negative control: every aggregate where random ties or beats a method is logged (and
+    # marked in the figure), none other
+    from scfm.bench.plots import gamed_aggregates
+
+    types = long.drop_duplicates("metric").set_index("metric")["type"]
+    log = (workdir / "logs" / "bench_summary" / "s.log").read_text()
+    for column in types.index[types == "Aggregate score"]:
+        gamed = column in gamed_aggregates(wide, types)
+        assert (f"on the aggregate {column!r}" in log) == gamed, (column, log)
+
+
+def test_leakage_counts_the_known_overlap_and_held_out_leaves_it_out(workdir, demo_run):
+    """The run trains on sim_demo's train donors: exactly those evaluation cells are counted."""
+    from scfm.shard import assign_splits
+
+    qc = ad.read_h5ad(workdir / "results" / "qc" / "sim_demo.h5ad", backed="r")
+    split = SMALL_CONFIG["corpora"]["demo"]["split"]
+    splits = assign_splits(qc.obs, dataset="sim_demo", **split, seed=0)
+    expected = int((splits == "train").sum())
+    assert 0 < expected < qc.n_obs
+    bench = workdir / "results" / "bench" / "s"
+    leak = pd.read_csv(bench / "leakage.tsv", sep="\t")
+    assert leak[["method", "corpus", "n_cells", "n_train"]].values.tolist() == [
+        ["t", "demo", qc.n_obs, expected]
+    ]
+    long = pd.read_csv(bench / "summary.tsv", sep="\t")
+    assert (long.loc[long["method"] == "t", "train_overlap"] == expected).all()
+    assert long.loc[long["method"] != "t", "train_overlap"].isna().all()
+    log = (workdir / "logs" / "bench_leakage" / "s.log").read_text()
+    assert f"run t trained on {expected} of the {qc.n_obs} cells of evaluation set s" in log
+    # the same workdir with a held-out evaluation set of the same dataset added
+    extra = workdir / "held_out.yaml"
+    held = {**SMALL_CONFIG["benchmarks"]["s"], "held_out": True, "metrics": ["annotation"]}
+    extra.write_text(yaml.safe_dump({"benchmarks": {"h": held}}))
+    res = snakemake(
+        workdir,
+        "--profile",
+        "profiles/local",
+        "--cores",
+        "2",
+        "--configfile",
+        "config/config.yaml",
+        str(extra),
+        "--",
+        "results/bench/h/leakage.tsv",
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    data = ad.read_h5ad(workdir / "results" / "bench" / "h" / "data.h5ad", backed="r")
+    assert data.n_obs == qc.n_obs - expected
+    assert set(data.obs_names) == set(qc.obs_names[splits != "train"])
+    leak = pd.read_csv(workdir / "results" / "bench" / "h" / "leakage.tsv", sep="\t")
+    assert leak["n_train"].tolist() == [0] and leak["n_cells"].tolist() == [data.n_obs]
 
 
 def test_one_metric_job_is_rebuilt_alone(workdir, demo_run):

@@ -85,6 +85,8 @@ def test_filtered_matrix_is_exact_subset_and_table_adds_up(sim_standard, tmp_pat
         "n_failed",
         "n_removed",
         "n_remaining",
+        "group",
+        "detail",
     ]
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
     assert "qc" in got.uns["scfm"] and "standardize" in got.uns["scfm"]
@@ -106,7 +108,8 @@ def test_first_failing_reason_gets_the_removal():
         "max_genes": 800,
         "mad_outliers": 0,
     }
-    keep, rows = filter_cells(metrics, np.array(["b"] * 4), params)
+    keep, rows, why = filter_cells(metrics, np.array(["b"] * 4), params)
+    assert why.tolist() == ["min_genes", "", "max_pct_mito", "max_genes"]
     assert keep.tolist() == [False, True, False, False]
     by = {r["reason"]: r for r in rows}
     assert by["min_genes"]["n_removed"] == 1 and by["min_counts"]["n_failed"] == 1
@@ -170,3 +173,81 @@ def test_scrublet_scores_injected_doublets_higher(tmp_path):
     got = ad.read_h5ad(out)
     scores = got.obs.groupby("injected", observed=True)["doublet_score"].mean()
     assert scores[True] > 2 * scores[False]
+
+
+def test_emptied_batch_and_large_loss_are_flagged_and_small_batch_skips_scrublet(tmp_path, caplog):
+    """A 32-cell batch of shallow cells is emptied by min_counts: log, TSV and figure say so."""
+    from scfm.io.simulate import simulate_counts
+
+    sim = simulate_counts(n_cells=400, n_genes=300, n_batches=1, seed=5)
+    rng = np.random.default_rng(1)
+    shallow = sim.X[:32].copy().tocsr()
+    shallow.data = rng.binomial(shallow.data.astype(np.int64), 0.01).astype(shallow.dtype)
+    batch = ["b0"] * sim.n_obs + ["P07"] * 32
+    obs = pd.DataFrame({"batch": batch, "donor": batch, "dataset": "tcells"})
+    obs.index = [f"c{i}" for i in range(len(obs))]
+    adata = ad.AnnData(sp.vstack([sim.X, shallow]).tocsr(), obs=obs, var=sim.var)
+    path = tmp_path / "in.h5ad"
+    adata.write_h5ad(path)
+    totals = np.asarray(adata.X.sum(1)).ravel()
+    min_counts = int(totals[-32:].max()) + 1
+    assert min_counts < np.sort(totals[:400])[8]  # removes all of P07, a few of b0 at most
+    with caplog.at_level("INFO", logger="scfm.qc.rna"):
+        _, table = run_qc(
+            path,
+            tmp_path,
+            doublets="scrublet",
+            min_genes=0,
+            min_counts=min_counts,
+            mad_outliers=0,
+            max_pct_mito=100,
+            warn_removed_fraction=0.05,
+            min_doublet_batch_cells=100,
+        )
+    warn = table[table.step == "warning"].set_index("reason")
+    assert set(warn.index) == {"dataset_removed_fraction", "batch_emptied", "donor_emptied"}
+    assert warn.loc["batch_emptied", "group"] == "P07"
+    assert warn.loc["batch_emptied", ["n_failed", "n_removed", "n_remaining"]].tolist() == [
+        32,
+        32,
+        0,
+    ]
+    assert warn.loc["batch_emptied", "detail"] == "min_counts: 32"
+    assert warn.loc["dataset_removed_fraction", "threshold"] == 0.05
+    written = pd.read_csv(tmp_path / "m.tsv", sep="\t")
+    assert (written["step"] == "warning").sum() == 3
+    # cells of the big batch are not flagged: its losses are below warn_group_removed_fraction
+    assert "b0" not in set(written["group"].dropna())
+    messages = [r.getMessage() for r in caplog.records]
+    emptied = [m for m in messages if "batch P07: ALL of them" in m]
+    assert len(emptied) == 1 and "min_counts: 32" in emptied[0]
+    skipped = [m for m in messages if "doublet detection skipped" in m]
+    assert len(skipped) == 1 and "batch P07 has 32 cells" in skipped[0]
+    assert "min_doublet_batch_cells = 100" in skipped[0]
+    got = ad.read_h5ad(tmp_path / "qc.h5ad")
+    assert "P07" not in set(got.obs["batch"]) and got.obs["doublet_score"].notna().all()
+
+
+def test_scrublet_on_small_batches_of_real_singlets_is_why_they_are_skipped():
+    """CellBench holds singlets only: at 32 cells scrublet calls nearly all of them doublets,
+    at the default min_doublet_batch_cells (100) only a few percent."""
+    from pathlib import Path
+
+    from scfm.qc.rna import MIN_DOUBLET_BATCH_CELLS
+
+    shared = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    if not shared.is_dir():
+        pytest.skip(f"{shared} not present (only CI and developer machines have ../shared)")
+    cells = ad.read_h5ad(shared / "rna" / "cellbench_5batch.h5ad")
+    batch = cells[cells.obs["batch"] == "sc_celseq2"]
+    rng = np.random.default_rng(0)
+    called = {}
+    for n in (32, MIN_DOUBLET_BATCH_CELLS):
+        called[n] = []
+        for seed in range(2):
+            sub = batch[rng.choice(batch.n_obs, n, replace=False)].copy()
+            sub.X = sub.X.astype(np.float32)
+            sc.pp.scrublet(sub, random_state=seed, verbose=False)
+            called[n].append(float(sub.obs["predicted_doublet"].mean()))
+    assert min(called[32]) > 0.5, called
+    assert max(called[MIN_DOUBLET_BATCH_CELLS]) < 0.1, called

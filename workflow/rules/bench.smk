@@ -6,6 +6,7 @@
 rule bench_data:
     input:
         h5ad=get_bench_qc,
+        manifests=get_held_out_manifests,
     output:
         h5ad="results/bench/{evalset}/data.h5ad",
     log:
@@ -14,8 +15,28 @@ rule bench_data:
         "../../envs/bench.yaml"
     params:
         bench=bench_cfg,
+        runs=bench_run_manifests,
     script:
         "../../scripts/bench_data.py"
+
+
+# Evaluation cells each trained run saw in training (its corpus' train split): leakage.tsv,
+# shown next to the scores in the summaries and the results table (docs/benchmarks.md).
+rule bench_leakage:
+    input:
+        data="results/bench/{evalset}/data.h5ad",
+        manifests=get_bench_run_manifests,
+    output:
+        tsv="results/bench/{evalset}/leakage.tsv",
+    log:
+        "logs/bench_leakage/{evalset}.log",
+    conda:
+        "../../envs/bench.yaml"
+    params:
+        bench=bench_cfg,
+        runs=bench_run_manifests,
+    script:
+        "../../scripts/bench_leakage.py"
 
 
 rule baseline:
@@ -185,6 +206,7 @@ rule umap:
 rule bench_summary:
     input:
         tables=get_bench_tables,
+        leakage="results/bench/{evalset}/leakage.tsv",
     output:
         tsv=report(
             "results/bench/{evalset}/summary.tsv",

@@ -1,6 +1,8 @@
 # Config validation, wildcard constraints and input functions shared by every rule.
 import re
 
+from snakemake.logging import logger
+
 from scfm.config import corpus_tokenizers as _corpus_tokenizers
 from scfm.config import load_schema, validate_config
 from scfm.paths import check_writable_dirs
@@ -174,10 +176,15 @@ def run_model_cfg(wildcards):
     return MODELS[RUNS[wildcards.run]["model"]]
 
 
+def run_manifest(run):
+    """The manifest of the corpus shards a run trains on."""
+    cfg = RUNS[run]
+    return f"results/corpus/{cfg['corpus']}/{cfg['tokenizer']}/manifest.json"
+
+
 def get_run_manifest(wildcards):
     """The corpus shards a run trains on."""
-    run = RUNS[wildcards.run]
-    return f"results/corpus/{run['corpus']}/{run['tokenizer']}/manifest.json"
+    return run_manifest(wildcards.run)
 
 
 def get_run_vocab(wildcards):
@@ -284,6 +291,44 @@ def get_bench_qc(wildcards):
     return f"results/qc/{BENCHMARKS[wildcards.evalset]['dataset']}.h5ad"
 
 
+def bench_run_manifests(wildcards):
+    """Corpus manifest of each trained run an evaluation set scores, by run."""
+    methods = BENCHMARKS[wildcards.evalset]["methods"]
+    return {m: run_manifest(m) for m in methods if m in RUNS}
+
+
+def get_bench_run_manifests(wildcards):
+    """Corpus manifests of the evaluation set's runs (their train splits are counted)."""
+    return sorted(set(bench_run_manifests(wildcards).values()))
+
+
+def warn_possible_leakage():
+    """Say at start-up which runs may be scored on cells they trained on (leakage.tsv counts)."""
+    for name, bench in BENCHMARKS.items():
+        if bench["held_out"]:
+            continue
+        runs = [
+            run
+            for run in bench["methods"]
+            if bench["dataset"]
+            in (CORPORA.get(RUNS.get(run, {}).get("corpus"), {}).get("datasets") or [])
+        ]
+        if runs:
+            logger.warning(
+                f"benchmarks.{name}: dataset {bench['dataset']} is in the training corpus of "
+                f"run(s) {', '.join(runs)}; the evaluation cells they trained on are counted "
+                f"in results/bench/{name}/leakage.tsv and the summaries (train_overlap); "
+                f"benchmarks.{name}.held_out: true evaluates only held-out cells"
+            )
+
+
+def get_held_out_manifests(wildcards):
+    """With held_out, the evaluation set itself needs the runs' corpora (to leave cells out)."""
+    if BENCHMARKS[wildcards.evalset]["held_out"]:
+        return get_bench_run_manifests(wildcards)
+    return []
+
+
 def baseline_params(wildcards):
     """Keyword arguments of a baseline (see scfm.bench.baselines)."""
     bench = BENCHMARKS[wildcards.evalset]
@@ -369,6 +414,8 @@ def get_bench_outputs():
             files += [f"results/bench/{name}/{m}/umap.png" for m in bench["methods"]]
     return files
 
+
+warn_possible_leakage()
 
 # The registry (docs/registry.md): without lamindb installed, stop here rather than in a job.
 from scfm.registry import check_installed

@@ -6,7 +6,13 @@ rule qc:
         h5ad="results/standard/{dataset}.h5ad",
     output:
         h5ad="results/qc/{dataset}.h5ad",
-        metrics="results/qc/{dataset}.metrics.tsv",
+        metrics=report(
+            "results/qc/{dataset}.metrics.tsv",
+            caption="../report/qc_metrics.rst",
+            category="QC",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "figure": "cells removed per filter (table)"},
+        ),
         figure=report(
             "results/qc/{dataset}.qc.png",
             caption="../report/qc.rst",

@@ -70,6 +70,7 @@ def prepare_evalset(
     n_hvg: int = 2000,
     name: str = "",
     hvg_min_batch_cells: int = HVG_MIN_BATCH_CELLS,
+    exclude: pd.Index | None = None,
 ) -> ad.AnnData:
     """Write the evaluation set of one benchmark: counts, keys, highly variable genes.
 
@@ -81,7 +82,9 @@ def prepare_evalset(
     scanpy's ``seurat_v3`` flavour on counts per batch (Stuart et al. 2019; batches below
     ``hvg_min_batch_cells`` pooled, see :func:`highly_variable_by_batch`), which the pca, hvg
     and scvi baselines use. ``obs["scfm_label"]``, ``obs["scfm_batch"]`` and
-    ``obs["scfm_split"]`` hold the keys as strings so metrics need no config.
+    ``obs["scfm_split"]`` hold the keys as strings so metrics need no config. ``exclude``: cell
+    IDs left out before any subset is drawn (cells a trained run saw, see
+    :mod:`scfm.bench.leakage`).
     """
     qc_h5ad = Path(qc_h5ad)
     check_outputs_not_inputs({"output": out_h5ad}, {"input": qc_h5ad})
@@ -94,10 +97,26 @@ def prepare_evalset(
             qc_h5ad,
         )
         rows = np.arange(backed.n_obs)
-        if max_cells is not None and backed.n_obs > max_cells:
+        if exclude is not None:
+            rows = rows[~backed.obs_names.astype(str).isin(exclude)]
+            log.info(
+                "held out: %d of %d cells were trained on by a run and are left out",
+                backed.n_obs - rows.size,
+                backed.n_obs,
+            )
+            if rows.size == 0:
+                raise ScfmInputError(
+                    qc_h5ad,
+                    "obs_names",
+                    "every cell is in the training split of a run of this evaluation set",
+                    "held-out cells (a corpus split with test > 0, or a dataset outside the "
+                    "runs' corpora), or benchmarks.<name>.held_out: false",
+                )
+        if max_cells is not None and rows.size > max_cells:
             rng = np.random.default_rng(seed)
-            rows = np.sort(rng.choice(backed.n_obs, size=max_cells, replace=False))
-            log.info("evaluating a seeded subset of %d of %d cells", max_cells, backed.n_obs)
+            n_eligible = rows.size
+            rows = np.sort(rng.choice(rows, size=max_cells, replace=False))
+            log.info("evaluating a seeded subset of %d of %d cells", max_cells, n_eligible)
         adata = backed[rows].to_memory()
     finally:
         backed.file.close()
@@ -168,6 +187,7 @@ def prepare_evalset(
         "batch_key": batch_key,
         "split_key": split_key,
         "max_cells": -1 if max_cells is None else int(max_cells),
+        "held_out": exclude is not None,
         "seed": int(seed),
         "n_hvg": int(adata.var["highly_variable"].sum()),
         "n_unlabelled": n_unlabelled,

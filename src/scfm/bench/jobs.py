@@ -238,6 +238,11 @@ def umap_job(
     )
 
 
+#: Columns the summaries carry next to the scores: evaluation cells in the method's training
+#: split (count and fraction; empty for baselines, which have no pretraining corpus).
+OVERLAP_COLUMNS = ["train_overlap", "train_overlap_fraction"]
+
+
 def summary_job(
     tables: Sequence[str | Path],
     out_tsv: str | Path,
@@ -245,20 +250,48 @@ def summary_job(
     out_png: str | Path | None = None,
     *,
     evalset: str = "",
+    leakage: str | Path | None = None,
 ) -> pd.DataFrame:
-    """Merge metric tables: long (with the evaluation set) and wide (methods x metrics)."""
-    from scfm.bench.plots import results_table_figure
+    """Merge metric tables: long (with the evaluation set) and wide (methods x metrics).
+
+    With ``leakage`` (the ``leakage.tsv`` of :func:`scfm.bench.leakage.leakage_job`) every row
+    gets :data:`OVERLAP_COLUMNS`: how many of the evaluation cells the method trained on.
+    """
+    from scfm.bench.plots import NEGATIVE_CONTROL, gamed_aggregates, results_table_figure
 
     outputs = {"out_tsv": out_tsv, "out_wide_tsv": out_wide_tsv, "out_png": out_png}
     check_outputs_not_inputs(outputs, {f"tables[{i}]": t for i, t in enumerate(tables)})
     long = pd.concat([pd.read_csv(t, sep="\t") for t in tables], ignore_index=True)
     if evalset:
         long.insert(0, "evalset", evalset)
+    if leakage is not None:
+        from scfm.bench.leakage import warn_leakage
+
+        overlap = pd.read_csv(leakage, sep="\t")
+        warn_leakage(overlap, evalset)
+        overlap = overlap.set_index("method")
+        long["train_overlap"] = long["method"].map(overlap["n_train"]).astype("Int64")
+        long["train_overlap_fraction"] = long["method"].map(overlap["train_fraction"])
     write_table(long, out_tsv)
     wide = long.pivot_table(
         index="method", columns="metric", values="value", aggfunc="first", sort=False
     )
+    if leakage is not None:
+        first = long.drop_duplicates("method").set_index("method")
+        for i, column in enumerate(OVERLAP_COLUMNS):
+            wide.insert(i, column, first.loc[wide.index, column])
     write_table(wide.reset_index(), out_wide_tsv)
+    types = long.drop_duplicates("metric").set_index("metric")["type"]
+    for column, beaten in gamed_aggregates(wide, types).items():
+        log.warning(
+            "%s: %s (the negative control) scores at or above %s on the aggregate %r: it does "
+            "not separate them from noise here; read the individual metrics (marked in the "
+            "results table)",
+            evalset,
+            NEGATIVE_CONTROL,
+            ", ".join(beaten),
+            column,
+        )
     if out_png is not None:
         results_table_figure(long, out_png, title=evalset)
     return long

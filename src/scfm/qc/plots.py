@@ -19,9 +19,19 @@ MAX_POINTS = 50_000
 
 
 def plot_qc(
-    metrics: pd.DataFrame, keep: np.ndarray, params: dict[str, Any], out: str | Path, *, title: str
+    metrics: pd.DataFrame,
+    keep: np.ndarray,
+    params: dict[str, Any],
+    out: str | Path,
+    *,
+    title: str,
+    warnings: list[str] | None = None,
 ) -> None:
-    """Histograms of counts, genes and % mito (kept vs removed) and counts-vs-genes scatter."""
+    """Histograms of counts, genes and % mito (kept vs removed) and counts-vs-genes scatter.
+
+    ``warnings`` (lines such as ``batch P07: 32/32 cells removed (doublets: 32)``) are printed in
+    red under the title, so that the report shows them next to the figure.
+    """
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
     panels = [
         (
@@ -103,6 +113,14 @@ def plot_qc(
     fig.colorbar(sc, ax=ax, label="% mito")
     fig.suptitle(f"QC: {title} (dashed: thresholds)")
     fig.tight_layout()
+    if warnings:
+        shown = warnings[:8] + ([f"... and {len(warnings) - 8} more"] if len(warnings) > 8 else [])
+        text = "QC WARNING (see the metrics TSV, step 'warning'):\n" + "\n".join(shown)
+        height = fig.get_figheight()
+        extra = 0.22 * (len(shown) + 1) + 0.2
+        fig.set_figheight(height + extra)
+        fig.subplots_adjust(bottom=(extra + 0.6) / (height + extra))
+        fig.text(0.01, 0.01, text, color="#b00000", fontsize=9, va="bottom", ha="left")
     with atomic_path(out, suffix=".tmp.png") as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)

@@ -32,6 +32,19 @@ log = logging.getLogger(__name__)
 
 MITO_PREFIX = {"human": "MT-", "mouse": "mt-"}
 RIBO_PREFIX = {"human": ("RPS", "RPL"), "mouse": ("Rps", "Rpl")}
+#: Columns of the metrics TSV (after ``dataset``). Rows with ``step`` = ``warning`` flag a
+#: dataset, batch or donor that lost more cells than qc.rna.warn_*_fraction allows (``group``
+#: names the batch or donor, ``detail`` the reasons that removed most of its cells).
+TABLE_COLUMNS = [
+    "step",
+    "reason",
+    "threshold",
+    "n_failed",
+    "n_removed",
+    "n_remaining",
+    "group",
+    "detail",
+]
 # Metric columns written to obs and used for thresholds.
 METRICS = ["total_counts", "n_genes_by_counts", "pct_counts_mt", "pct_counts_ribo"]
 
@@ -89,11 +102,12 @@ def mad_outliers(
 
 def filter_cells(
     metrics: pd.DataFrame, batches: np.ndarray, params: dict[str, Any]
-) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """Decide which cells pass; returns the keep mask and one row per reason.
+) -> tuple[np.ndarray, list[dict[str, Any]], np.ndarray]:
+    """Decide which cells pass; returns the keep mask, one row per reason, and each cell's reason.
 
     Each removed cell is attributed to the first reason it fails in the listed order
-    (``n_removed``), while ``n_failed`` counts every cell failing that reason.
+    (``n_removed``, and the third return value: that reason per cell, ``""`` for kept cells),
+    while ``n_failed`` counts every cell failing that reason.
     """
     p = params
     total = metrics["total_counts"].to_numpy()
@@ -131,6 +145,7 @@ def filter_cells(
         )
         rules.append(("doublets", thr if thr is not None else "scrublet call", fail))
     keep = np.ones(len(metrics), bool)
+    why = np.full(len(metrics), "", dtype=object)
     rows = [
         {
             "step": "cells",
@@ -145,6 +160,7 @@ def filter_cells(
         if fail is None:
             continue
         removed = fail & keep
+        why[removed] = reason
         keep &= ~fail
         rows.append(
             {
@@ -156,11 +172,83 @@ def filter_cells(
                 "n_remaining": int(keep.sum()),
             }
         )
-    return keep, rows
+    return keep, rows, why
 
 
-def doublet_scores(path: str | Path, batches: np.ndarray, *, seed: int = 0) -> pd.DataFrame:
-    """Scrublet doublet scores per batch (scanpy.pp.scrublet); rows in file order."""
+def qc_warnings(
+    obs: pd.DataFrame, keep: np.ndarray, why: np.ndarray, params: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Losses a user must hear about: rows of the metrics TSV (``step`` = ``warning``).
+
+    A dataset losing more than ``warn_removed_fraction`` of its cells, and every batch or donor
+    losing more than ``warn_group_removed_fraction`` of its cells (all of them, at 1.0), give
+    one row each, with the reason that removed most of their cells. Each is also logged.
+    """
+    rows = []
+    groups: list[tuple[str, str, np.ndarray]] = [("dataset", "", np.ones(len(keep), bool))]
+    for column in ("batch", "donor"):
+        if column in obs:
+            values = obs[column].astype(str).to_numpy()
+            groups += [(column, str(v), values == v) for v in pd.unique(values)]
+    for kind, group, sel in groups:
+        n, n_kept = int(sel.sum()), int(keep[sel].sum())
+        key = "warn_removed_fraction" if kind == "dataset" else "warn_group_removed_fraction"
+        limit = params.get(key)
+        if limit is None or n == 0:
+            continue
+        removed = 1 - n_kept / n
+        emptied = n_kept == 0
+        if removed <= limit and not (kind != "dataset" and emptied):
+            continue
+        reasons = pd.Series(why[sel & ~keep]).value_counts()
+        main = ", ".join(f"{r}: {c}" for r, c in reasons.head(3).items())
+        reason = f"{kind}_emptied" if emptied else f"{kind}_removed_fraction"
+        rows.append(
+            {
+                "step": "warning",
+                "reason": reason,
+                "group": group,
+                "threshold": limit,
+                "n_failed": n,
+                "n_removed": n - n_kept,
+                "n_remaining": n_kept,
+                "detail": main,
+            }
+        )
+        what = f"{kind} {group}" if group else "the dataset"
+        log.warning(
+            "QC removed %d of %d cells (%.0f%%) of %s%s (above qc.rna.%s = %g); removed by %s",
+            n - n_kept,
+            n,
+            100 * removed,
+            what,
+            ": ALL of them" if emptied else "",
+            key,
+            limit,
+            main,
+        )
+    return rows
+
+
+#: Batches smaller than this get no doublet scores (``qc.rna.min_doublet_batch_cells``).
+MIN_DOUBLET_BATCH_CELLS = 100
+
+
+def doublet_scores(
+    path: str | Path,
+    batches: np.ndarray,
+    *,
+    seed: int = 0,
+    min_cells: int = MIN_DOUBLET_BATCH_CELLS,
+) -> pd.DataFrame:
+    """Scrublet doublet scores per batch (scanpy.pp.scrublet); rows in file order.
+
+    Batches with fewer than ``min_cells`` cells are skipped (NaN score, not called) and logged:
+    scrublet calls doublets above a threshold it fits to the histogram of its simulated
+    doublets' scores, and a few dozen cells cannot shape that histogram (on real data it
+    called every one of a 32-cell batch's cells a doublet). At a 5-10% doublet rate such a
+    batch holds a handful of doublets at most.
+    """
     import scanpy as sc
 
     score = np.full(len(batches), np.nan)
@@ -168,8 +256,16 @@ def doublet_scores(path: str | Path, batches: np.ndarray, *, seed: int = 0) -> p
     with MatrixReader(path) as reader:
         for b in pd.unique(batches):
             idx = np.flatnonzero(batches == b)
-            if idx.size < 30:  # scrublet's kNN needs a minimum of cells; too few to judge
-                log.warning("batch %s has %d cells: no doublet scores", b, idx.size)
+            if idx.size < min_cells:
+                log.info(
+                    "batch %s has %d cells, fewer than qc.rna.min_doublet_batch_cells = %d: "
+                    "doublet detection skipped for it (scrublet's automatic threshold is fitted "
+                    "to a histogram of simulated doublets that so few cells cannot shape; "
+                    "its calls on small batches are unreliable)",
+                    b,
+                    idx.size,
+                    min_cells,
+                )
                 continue
             block = reader.read_index(idx)
             sub = ad.AnnData(block.astype(np.float32))
@@ -223,10 +319,14 @@ def qc_rna(
     metrics.index = obs.index
     batches = obs["batch"].astype(str).to_numpy()
     if params.get("doublets", "none") == "scrublet":
-        d = doublet_scores(path, batches)
+        d = doublet_scores(
+            path,
+            batches,
+            min_cells=params.get("min_doublet_batch_cells", MIN_DOUBLET_BATCH_CELLS),
+        )
         d.index = obs.index
         metrics = metrics.join(d)
-    keep, rows = filter_cells(metrics, batches, params)
+    keep, rows, why = filter_cells(metrics, batches, params)
     if not keep.any():
         detail = ", ".join(f"{r['reason']}: {r['n_failed']}" for r in rows if r["n_failed"])
         raise ScfmInputError(
@@ -261,9 +361,8 @@ def qc_rna(
             "n_remaining": int(gene_keep.sum()),
         },
     ]
-    table = pd.DataFrame(
-        rows, columns=["step", "reason", "threshold", "n_failed", "n_removed", "n_remaining"]
-    )
+    warnings = qc_warnings(obs, keep, why, params)
+    table = pd.DataFrame(rows + warnings, columns=TABLE_COLUMNS)
     table.insert(0, "dataset", str(obs["dataset"].iloc[0]) if "dataset" in obs else path.stem)
 
     new_obs = obs.loc[keep].join(metrics.loc[keep])
@@ -290,7 +389,14 @@ def qc_rna(
         table.to_csv(tmp, sep="\t", index=False)
     from scfm.qc.plots import plot_qc
 
-    plot_qc(metrics, keep, params, figure, title=str(table["dataset"].iloc[0]))
+    plot_qc(
+        metrics,
+        keep,
+        params,
+        figure,
+        title=str(table["dataset"].iloc[0]),
+        warnings=[_warning_text(w) for w in warnings],
+    )
     log.info(
         "%s: kept %d/%d cells, %d/%d genes",
         path.name,
@@ -300,6 +406,12 @@ def qc_rna(
         len(gene_keep),
     )
     return table
+
+
+def _warning_text(row: dict[str, Any]) -> str:
+    what = f"{row['reason'].split('_')[0]} {row['group']}" if row["group"] else "dataset"
+    lost = f"{row['n_removed']}/{row['n_failed']} cells removed"
+    return f"{what}: {lost} ({row['detail']})"
 
 
 def _gene_filter(
