@@ -99,13 +99,15 @@ def _int_value(kind, count, less, m, bins, cap):
     return np.int32(min(count, cap))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def tokenize_rows(
     indptr,
     indices,
     data,
     col_token,
     totals,
+    own_totals,
+    exact_below,
     seeds,
     kind,
     mode,
@@ -127,6 +129,13 @@ def tokenize_rows(
 
     Emitting rows in a caller-given order lets a caller group cells (e.g. by split) without
     copying the matrix or the tokens; ``col_sums`` accumulates each column's counts.
+
+    With ``own_totals`` the kernel sums each row itself (``totals[r]``) in the pass that gathers
+    it, instead of reading totals summed beforehand. A sum is only trusted when every value is an
+    integer and the sum of absolute values stays below ``exact_below`` (then every summation
+    order gives the same, exact, number, so it equals the caller's); otherwise the kernel stops
+    and sets ``out_offsets[-1] = -1``, and the caller sums the rows its own way and calls again.
+    The GIL is released: a caller may read the next chunk meanwhile.
     """
     n_rows = rows.shape[0]
     width = 1
@@ -153,8 +162,16 @@ def tokenize_rows(
         # gather the expressed vocabulary genes; histogram their counts on the way
         m = 0
         mx = 0
+        tot = 0.0
+        absum = 0.0
+        whole = True
         for k in range(indptr[r], indptr[r + 1]):
             col_sums[indices[k]] += data[k]
+            if own_totals:
+                x = np.float64(data[k])
+                tot += x
+                absum += abs(x)
+                whole &= x == np.floor(x)
             t = col_token[indices[k]]
             if t >= 0 and data[k] > 0:
                 c = np.int64(data[k])
@@ -168,6 +185,11 @@ def tokenize_rows(
                 if c < top:
                     hist[c] += 1
                 m += 1
+        if own_totals:
+            if not (whole and absum < exact_below):
+                out_offsets[n_rows] = -1
+                return
+            totals[r] = tot
         if m == 0 and mode != PANEL:
             continue
         scale = target_sum / totals[r] if totals[r] > 0 else 0.0
