@@ -28,7 +28,8 @@ from scfm import __version__
 from scfm.atomic import temp_dir_beside, write_text_atomic
 from scfm.errors import ScfmInputError, disk_full_error
 from scfm.io.download import hash_file
-from scfm.io.h5ad import MatrixReader, read_dataframe
+from scfm.io.h5ad import read_dataframe
+from scfm.shard.chunks import CsrChunks
 from scfm.provenance import created
 from scfm.shard.corpus import SPLITS, assign_splits, select_cells
 from scfm.shard.stats import inverse_medians
@@ -221,8 +222,8 @@ def shard_dataset(
         bar = tqdm(
             total=len(obs), unit="cells", desc=f"shard {dataset}", disable=not sys.stderr.isatty()
         )
-        with MatrixReader(h5ad) as reader:
-            for row0, block in reader.iter_chunks(chunk_cells):
+        with CsrChunks(h5ad, chunk_cells) as chunks:
+            for row0, block in chunks:
                 n = block.shape[0]
                 # emit the chunk's cells grouped by split: each split is then a slice of the tokens
                 groups = [
