@@ -41,7 +41,8 @@ def test_chunks_equal_matrix_reader(tmp_path, layout, read_ahead):
 
 
 def test_truncated_matrix_names_file_and_rows(tmp_path):
-    path = _h5ad(tmp_path / "x.h5ad", sp.random(50, 20, density=0.3, format="csr", dtype=np.float32))
+    X = sp.random(50, 20, density=0.3, format="csr", dtype=np.float32)
+    path = _h5ad(tmp_path / "x.h5ad", X)
     with h5py.File(path, "r+") as f:  # indptr points past the stored values
         indptr = f["X/indptr"][:]
         indptr[30:] += 1000

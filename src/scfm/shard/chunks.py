@@ -46,7 +46,8 @@ class CsrChunks:
         if self._csr:
             assert isinstance(group, h5py.Group)
             self.shape = tuple(int(s) for s in group.attrs["shape"])
-            self._data, self._indices, self._indptr = group["data"], group["indices"], group["indptr"]
+            self._data, self._indices = group["data"], group["indices"]
+            self._indptr = group["indptr"]
             self._buffers: list[list[np.ndarray]] = [[], []]
 
     def __enter__(self) -> CsrChunks:
@@ -70,10 +71,7 @@ class CsrChunks:
         starts = range(0, self.shape[0], self.chunk_cells)
         pending: Future[Any] | None = None
         for k, start in enumerate(starts):
-            if pending is not None:
-                block = pending.result()
-            else:
-                block = self._read(start, k % 2)
+            block = pending.result() if pending is not None else self._read(start, k % 2)
             if self._pool is not None and k + 1 < len(starts):
                 pending = self._pool.submit(self._read, starts[k + 1], (k + 1) % 2)
             else:

@@ -29,8 +29,8 @@ from scfm.atomic import temp_dir_beside, write_text_atomic
 from scfm.errors import ScfmInputError, disk_full_error
 from scfm.io.download import hash_file
 from scfm.io.h5ad import read_dataframe
-from scfm.shard.chunks import CsrChunks
 from scfm.provenance import created
+from scfm.shard.chunks import CsrChunks
 from scfm.shard.corpus import SPLITS, assign_splits, select_cells
 from scfm.shard.stats import inverse_medians
 from scfm.tokenize.tokenizers import (

@@ -58,8 +58,9 @@ INDEX_BITS = 24
 
 @njit(cache=True)
 def packed_key_sort(a, b, m, hist):
-    """Sort ``a[:m]`` (uint64, a 32-bit key above :data:`INDEX_BITS` bits of position) by the
-    full value; returns whichever of ``a`` and ``b`` holds the result.
+    """Sort ``a[:m]`` by value; returns whichever of ``a`` and ``b`` holds the result.
+
+    Values are uint64: a 32-bit key above :data:`INDEX_BITS` bits of position.
 
     Sorting by (key, position) is what the stable :func:`radix_argsort` of the keys gives, but
     the values move themselves (no indirection through an index array), one pass counts all four

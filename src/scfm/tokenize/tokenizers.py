@@ -279,8 +279,10 @@ def _row_sums(block: sp.csr_matrix) -> np.ndarray:
 
 
 def _exact_sum_bound(dtype: np.dtype) -> float:
-    """A bound below which sums of integer values of ``dtype`` are exact in any order (also in
-    scipy's own ``sum``, which adds in the data's dtype), or 0 when the kernel should not sum."""
+    """The bound below which sums of integer values of ``dtype`` are exact in any order.
+
+    Also in scipy's own ``sum``, which adds in the data's dtype; 0: the kernel should not sum.
+    """
     dtype = np.dtype(dtype)
     if dtype.kind == "f":
         return float(2 ** min(np.finfo(dtype).nmant + 1, 53))
