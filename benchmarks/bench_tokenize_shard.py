@@ -59,6 +59,9 @@ REAL_DIR = ROOT.parent / "shared" / "data" / "rna"
 N_SPECIAL = 38  # scfm's specials with the default 32 condition tokens
 PACKAGES = ("numba", "pyarrow")
 SPLIT = {"by": "cell", "val": 0.05, "test": 0.05, "seed": 0}
+# issue 17's goals for shard_dataset end to end (200k cells x 2,000 genes, one core); the
+# tokenize-only goal stays 50k cells/s (issue 3), which issue 17 also sets for rank
+E2E_GOALS = {"binned": 40_000, "rank": 30_000}
 
 # The tokenizers measured: the config defaults (config/config.yaml) plus binned over every
 # nonzero gene (max_len above the cell's genes), the like-for-like match of scGPT's binning.
@@ -836,9 +839,10 @@ def goals(report: dict[str, Any]) -> list[str]:
         if label.startswith("shard_"):
             n = r["n_cells"]
             rate = n / r["seconds_step"]
+            goal = E2E_GOALS["rank" if label.startswith("shard_rank") else "binned"]
             lines.append(
                 f"end-to-end {label}: {rate:,.0f} cells/s/core "
-                f"(goal >= 50k: {'met' if rate >= 5e4 else 'NOT met'}), "
+                f"(goal >= {goal / 1e3:.0f}k: {'met' if rate >= goal else 'NOT met'}), "
                 f"peak RSS {gib(r['peak_rss']):.2f} GiB"
             )
     for tk in report["args"]["rss_tokenizers"]:

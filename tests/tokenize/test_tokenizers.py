@@ -236,3 +236,43 @@ def test_tokenize_anndata_counts_missing_genes_and_refuses_poor_overlap():
         ScfmInputError, match=r"user\.h5ad: var_names: 83% of the counts fall on 3 genes"
     ):
         tokenize_anndata(other, vocab, TokenizerConfig(kind="counts"), path="user.h5ad")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32])
+@pytest.mark.parametrize("values", ["integer", "fractional", "huge"])
+def test_totals_summed_in_the_kernel_or_by_scipy_give_the_definition(dtype, values):
+    """Rank and continuous need each cell's total: the kernel sums it on its way only when that
+    is exact (integer values, small sums), else scipy's sum is used; both match the definition."""
+    rng = np.random.default_rng(3)
+    X = random_counts(rng).astype(np.float64)
+    if values == "fractional":
+        if np.dtype(dtype).kind == "i":
+            pytest.skip("integer matrices hold no fractions")
+        X = X * rng.uniform(0.3, 1.7, X.shape)
+    elif values == "huge":
+        X[1] *= 3e7  # beyond float32's exact integers (2^24)
+    X = X.astype(dtype)
+    col_token = np.arange(X.shape[1], dtype=np.int32) + N_SPECIAL
+    inv_median = rng.uniform(0.2, 5, N_SPECIAL + X.shape[1])
+    for cfg in (TokenizerConfig(kind="rank", max_len=9), TokenizerConfig(kind="continuous")):
+        got = tokenize_csr(
+            sp.csr_matrix(X),
+            col_token,
+            cfg,
+            n_special=N_SPECIAL,
+            n_vocab=N_SPECIAL + X.shape[1],
+            inv_median=inv_median,
+        )
+        genes, vals = as_lists(got)
+        totals = np.asarray(sp.csr_matrix(X).sum(axis=1), dtype=np.float64).ravel()
+        for i, row in enumerate(X):
+            scale = 1e4 / totals[i] if totals[i] > 0 else 0.0
+            pos = [j for j in range(len(row)) if row[j] > 0]
+            if cfg.kind == "rank":  # the kernel's keys: float32 of int(count) * scale / median
+                key = {j: np.float32(int(row[j]) * scale * inv_median[col_token[j]]) for j in pos}
+                order = sorted(pos, key=lambda j: (-key[j], j))[: cfg.max_len]
+                assert genes[i] == [int(col_token[j]) for j in order], f"cell {i}"
+            else:
+                assert genes[i] == [int(col_token[j]) for j in pos], f"cell {i}"
+                expect = [np.float32(np.log1p(int(row[j]) * scale)) for j in pos]
+                assert vals[i] == expect, f"cell {i}"

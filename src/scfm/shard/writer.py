@@ -8,6 +8,7 @@ Layout and schema: docs/contracts.md ("Corpus shards").
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -27,8 +28,9 @@ from scfm import __version__
 from scfm.atomic import temp_dir_beside, write_text_atomic
 from scfm.errors import ScfmInputError, disk_full_error
 from scfm.io.download import hash_file
-from scfm.io.h5ad import MatrixReader, read_dataframe
+from scfm.io.h5ad import read_dataframe
 from scfm.provenance import created
+from scfm.shard.chunks import CsrChunks
 from scfm.shard.corpus import SPLITS, assign_splits, select_cells
 from scfm.shard.stats import inverse_medians
 from scfm.tokenize.tokenizers import (
@@ -61,14 +63,49 @@ def shard_schema(value_kind: str, metadata: dict[str, Any]) -> pa.Schema:
     return pa.schema(fields, metadata={b"scfm": json.dumps(metadata).encode()})
 
 
+class _HashingFile:
+    """A write-only binary file that hashes (sha256) the bytes as they are written.
+
+    Arrow's IPC file writer only appends (it tracks offsets through ``tell``), so the digest of
+    what passes through equals the file's: the shard is never read back to be hashed.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._fh = path.open("wb")
+        self._sha = hashlib.sha256()
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        self._sha.update(view)
+        return self._fh.write(view)
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+    def flush(self) -> None:
+        self._fh.flush()
+
+    @property
+    def closed(self) -> bool:
+        return self._fh.closed
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def hexdigest(self) -> str:
+        """sha256 of everything written so far."""
+        return self._sha.hexdigest()
+
+
 class _SplitWriter:
-    """Rolls Arrow IPC files of ``cells_per_shard`` rows for one split."""
+    """Rolls Arrow IPC files of ``cells_per_shard`` rows for one split, hashing them as written."""
 
     def __init__(self, root: Path, split: str, schema: pa.Schema, cells_per_shard: int) -> None:
         self.dir = root / split
         self.split, self.schema, self.cells_per_shard = split, schema, cells_per_shard
         self.files: list[dict[str, Any]] = []
         self._writer: ipc.RecordBatchFileWriter | None = None
+        self._sink: _HashingFile | None = None
         self._rows = 0
         self._tokens = 0
 
@@ -78,7 +115,8 @@ class _SplitWriter:
                 self.dir.mkdir(parents=True, exist_ok=True)
                 path = self.dir / f"shard-{len(self.files):05d}.arrow"
                 self.files.append({"path": path})
-                self._writer = ipc.new_file(path, self.schema)
+                self._sink = _HashingFile(path)
+                self._writer = ipc.new_file(pa.PythonFile(self._sink, mode="w"), self.schema)
                 self._rows = self._tokens = 0
             take = min(table.num_rows, self.cells_per_shard - self._rows)
             part = table.slice(0, take)
@@ -90,14 +128,23 @@ class _SplitWriter:
                 self._close()
 
     def _close(self) -> None:
-        if self._writer is not None:
+        if self._writer is not None and self._sink is not None:
             self._writer.close()
-            self.files[-1].update(n_cells=self._rows, n_tokens=self._tokens)
-            self._writer = None
+            self._sink.close()
+            self.files[-1].update(
+                n_cells=self._rows, n_tokens=self._tokens, sha256=self._sink.hexdigest()
+            )
+            self._writer = self._sink = None
 
     def finish(self) -> list[dict[str, Any]]:
         self._close()
         return self.files
+
+    def abort(self) -> None:
+        """Close the open file (if any) without finishing it."""
+        if self._sink is not None:
+            self._sink.close()
+        self._writer = self._sink = None
 
 
 def _table(
@@ -164,8 +211,8 @@ def shard_dataset(
     meta = {"vocab_hash": vocab.hash, "tokenizer": cfg.params(), "dataset": dataset}
     schema = shard_schema(cfg.value_kind, meta)
     tmp = temp_dir_beside(out_dir)
+    writers = {s: _SplitWriter(tmp, s, schema, cells_per_shard) for s in SPLITS}
     try:
-        writers = {s: _SplitWriter(tmp, s, schema, cells_per_shard) for s in SPLITS}
         per_gene = np.zeros(len(var), np.float64)
         labels = {
             c: obs[c].astype(str).to_numpy() if c in obs else np.full(len(obs), "unknown")
@@ -175,8 +222,8 @@ def shard_dataset(
         bar = tqdm(
             total=len(obs), unit="cells", desc=f"shard {dataset}", disable=not sys.stderr.isatty()
         )
-        with MatrixReader(h5ad) as reader:
-            for row0, block in reader.iter_chunks(chunk_cells):
+        with CsrChunks(h5ad, chunk_cells) as chunks:
+            for row0, block in chunks:
                 n = block.shape[0]
                 # emit the chunk's cells grouped by split: each split is then a slice of the tokens
                 groups = [
@@ -230,7 +277,7 @@ def shard_dataset(
                         "split": s,
                         "n_cells": f["n_cells"],
                         "n_tokens": f["n_tokens"],
-                        "sha256": hash_file(f["path"]),
+                        "sha256": f["sha256"],
                     }
                 )
         manifest = {
@@ -258,6 +305,8 @@ def shard_dataset(
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
     except BaseException as exc:
+        for w in writers.values():
+            w.abort()
         shutil.rmtree(tmp, ignore_errors=True)
         if full := disk_full_error(exc, out_dir):  # pyarrow's ENOSPC names no file
             raise full from exc

@@ -52,6 +52,45 @@ def radix_argsort(
             out[i] = tmp[i]
 
 
+#: Rank keys are packed as ``key << INDEX_BITS | position`` (positions below 2^24).
+INDEX_BITS = 24
+
+
+@njit(cache=True)
+def packed_key_sort(a, b, m, hist):
+    """Sort ``a[:m]`` by value; returns whichever of ``a`` and ``b`` holds the result.
+
+    Values are uint64: a 32-bit key above :data:`INDEX_BITS` bits of position.
+
+    Sorting by (key, position) is what the stable :func:`radix_argsort` of the keys gives, but
+    the values move themselves (no indirection through an index array), one pass counts all four
+    key bytes, and a byte that is the same in every key costs no pass.
+    """
+    hist[:, :] = 0
+    for i in range(m):
+        v = a[i] >> np.uint64(INDEX_BITS)
+        for p in range(4):
+            hist[p, np.int64((v >> np.uint64(8 * p)) & np.uint64(255))] += 1
+    src, dst = a, b
+    for p in range(4):
+        sh = np.uint64(INDEX_BITS + 8 * p)
+        h = hist[p]
+        if m == 0 or h[np.int64((src[0] >> sh) & np.uint64(255))] == m:
+            continue  # one digit for all: the pass would not move anything
+        run = 0
+        for d in range(256):
+            c = h[d]
+            h[d] = run
+            run += c
+        for i in range(m):
+            v = src[i]
+            d = np.int64((v >> sh) & np.uint64(255))
+            dst[h[d]] = v
+            h[d] += 1
+        src, dst = dst, src
+    return src
+
+
 @njit(cache=True)
 def count_less(vals, m, less, hist, keys, order, tmp, count):
     """``less[i]`` = how many of ``vals[:m]`` (integers >= 0) are strictly below ``vals[i]``.
@@ -99,13 +138,23 @@ def _int_value(kind, count, less, m, bins, cap):
     return np.int32(min(count, cap))
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
+def _small_value(kind, count, h, cap):
+    # counting path: h = hist[count] already holds the bin (binned)
+    if kind == BINNED:
+        return np.int32(h)
+    return np.int32(min(count, cap))
+
+
+@njit(cache=True, nogil=True)
 def tokenize_rows(
     indptr,
     indices,
     data,
     col_token,
     totals,
+    own_totals,
+    exact_below,
     seeds,
     kind,
     mode,
@@ -127,6 +176,13 @@ def tokenize_rows(
 
     Emitting rows in a caller-given order lets a caller group cells (e.g. by split) without
     copying the matrix or the tokens; ``col_sums`` accumulates each column's counts.
+
+    With ``own_totals`` the kernel sums each row itself (``totals[r]``) in the pass that gathers
+    it, instead of reading totals summed beforehand. A sum is only trusted when every value is an
+    integer and the sum of absolute values stays below ``exact_below`` (then every summation
+    order gives the same, exact, number, so it equals the caller's); otherwise the kernel stops
+    and sets ``out_offsets[-1] = -1``, and the caller sums the rows its own way and calls again.
+    The GIL is released: a caller may read the next chunk meanwhile.
     """
     n_rows = rows.shape[0]
     width = 1
@@ -141,6 +197,12 @@ def tokenize_rows(
     tmp = np.empty(width, np.int64)
     count = np.zeros(257, np.int64)
     hist = np.zeros(4097, np.int64)
+    if kind == RANK and width >= 1 << INDEX_BITS:
+        raise ValueError("rank: a cell has more than 2^24 expressed genes")
+    packed = np.empty(width if kind == RANK else 1, np.uint64)
+    packed_tmp = np.empty(width if kind == RANK else 1, np.uint64)
+    hist4 = np.zeros((4, 256), np.int64)
+    index_mask = np.uint64((1 << INDEX_BITS) - 1)
     keep = np.zeros(width, np.bool_)
     dense_i = np.zeros(max(panel_size, 1), np.int32)
     dense_f = np.zeros(max(panel_size, 1), np.float32)
@@ -153,13 +215,24 @@ def tokenize_rows(
         # gather the expressed vocabulary genes; histogram their counts on the way
         m = 0
         mx = 0
+        tot = 0.0
+        absum = 0.0
+        whole = True
         for k in range(indptr[r], indptr[r + 1]):
             col_sums[indices[k]] += data[k]
+            if own_totals:
+                x = np.float64(data[k])
+                tot += x
+                absum += abs(x)
+                whole &= x == np.floor(x)
             t = col_token[indices[k]]
             if t >= 0 and data[k] > 0:
                 c = np.int64(data[k])
                 tok[m] = t
                 icnt[m] = c
+                m += 1
+                if kind == RANK:  # rank needs no histogram of the counts
+                    continue
                 if c > mx:
                     if c < top:
                         for v in range(mx + 1, c + 1):
@@ -167,20 +240,23 @@ def tokenize_rows(
                     mx = c
                 if c < top:
                     hist[c] += 1
-                m += 1
+        if own_totals:
+            if not (whole and absum < exact_below):
+                out_offsets[n_rows] = -1
+                return
+            totals[r] = tot
         if m == 0 and mode != PANEL:
             continue
         scale = target_sum / totals[r] if totals[r] > 0 else 0.0
         if kind == RANK:
             for i in range(m):
-                keys[i] = _float_key_desc(icnt[i] * scale * inv_median[tok[i]])
-            radix_argsort(keys, m, order, tmp, count)
+                key = np.uint64(_float_key_desc(icnt[i] * scale * inv_median[tok[i]]))
+                packed[i] = (key << np.uint64(INDEX_BITS)) | np.uint64(i)
+            done = packed_key_sort(packed, packed_tmp, m, hist4)
             s = min(m, limit)
             for j in range(s):
-                out_genes[pos + j] = tok[order[j]]
+                out_genes[pos + j] = tok[np.int64(done[j] & index_mask)]
             pos += s
-            if mx < top:
-                hist[: mx + 1] = 0
             continue
         s = m if mode == PANEL else min(m, limit)
         small = mx < top
@@ -193,7 +269,19 @@ def tokenize_rows(
                     vstar, ties = v, s - cum
                     break
                 cum += hist[v]
-        if small:  # exclusive prefix sums: hist[v] = number of counts below v
+        if small and kind == BINNED:
+            # hist[v] = the bin of count v: 1 + min(bins - 1, bins * less // m), less = the
+            # number of counts below v; q = bins * less // m only grows with v, so it is
+            # advanced by comparisons instead of a division per gene
+            run = 0
+            q = 0
+            for v in range(mx + 1):
+                c = hist[v]
+                while q < bins - 1 and (q + 1) * m <= bins * run:
+                    q += 1
+                hist[v] = 1 + q
+                run += c
+        elif small:  # exclusive prefix sums: hist[v] = number of counts below v
             run = 0
             for v in range(mx + 1):
                 c = hist[v]
@@ -213,11 +301,12 @@ def tokenize_rows(
             dense_i[:] = 0
             dense_f[:] = 0.0
             for i in range(m):
-                lt = hist[icnt[i]] if small else less[i]
                 if kind == CONTINUOUS:
                     dense_f[tok[i] - n_special] = np.float32(np.log1p(icnt[i] * scale))
+                elif small:
+                    dense_i[tok[i] - n_special] = _small_value(kind, icnt[i], hist[icnt[i]], cap)
                 else:
-                    dense_i[tok[i] - n_special] = _int_value(kind, icnt[i], lt, m, bins, cap)
+                    dense_i[tok[i] - n_special] = _int_value(kind, icnt[i], less[i], m, bins, cap)
             for j in range(panel_size):
                 out_genes[pos + j] = n_special + j
                 if kind == CONTINUOUS:
@@ -246,7 +335,7 @@ def tokenize_rows(
                     at = np.int64(c == vstar) * np.int64(ties > 0)
                     ties -= at
                     out_genes[pos + j] = tok[i]
-                    out_ivalues[pos + j] = _int_value(kind, c, hist[c], m, bins, cap)
+                    out_ivalues[pos + j] = _small_value(kind, c, hist[c], cap)
                     j += np.int64(c > vstar) + at
                 pos += s
                 if small:
@@ -268,9 +357,10 @@ def tokenize_rows(
                 # values only for the genes kept (log1p is the costly part of `continuous`)
                 if kind == CONTINUOUS:
                     out_fvalues[pos + j] = np.float32(np.log1p(c * scale))
+                elif small:
+                    out_ivalues[pos + j] = _small_value(kind, c, hist[c], cap)
                 else:
-                    lt = hist[c] if small else less[i]
-                    out_ivalues[pos + j] = _int_value(kind, c, lt, m, bins, cap)
+                    out_ivalues[pos + j] = _int_value(kind, c, less[i], m, bins, cap)
                 j += 1
             pos += s
         if small:

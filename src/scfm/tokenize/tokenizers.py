@@ -207,7 +207,6 @@ def tokenize_csr(
             rows=rows,
         )
         return Tokens(offsets=offsets, genes=genes, values=values)
-    totals = np.asarray(block.sum(axis=1), dtype=np.float64).ravel()
     panel = n_vocab - n_special if cfg.genes == "panel" else 0
     if panel > cfg.max_len:
         raise ValueError(f"tokenizer genes: panel has {panel} genes > max_len {cfg.max_len}")
@@ -226,12 +225,21 @@ def tokenize_csr(
         inv_median = np.ones(1, np.float64)
     if col_sums is None:
         col_sums = np.zeros(block.shape[1], np.float64)
-    kernels.tokenize_rows(
+    # only rank and continuous use the cells' totals; the kernel sums them on its way when that
+    # is exact (integer counts), which saves a pass over the chunk
+    uses_totals = cfg.kind in ("rank", "continuous")
+    exact_below = _exact_sum_bound(block.dtype) if uses_totals else 0.0
+    if uses_totals and exact_below == 0:
+        totals = _row_sums(block)
+    else:
+        totals = np.zeros(block.shape[0], np.float64)
+    args = (
         block.indptr.astype(np.int64, copy=False),
         block.indices,
         block.data,
         np.ascontiguousarray(col_token, dtype=np.int32),
-        totals,
+    )
+    rest = (
         seeds.astype(np.uint64),
         KINDS[cfg.kind],
         MODES[cfg.genes],
@@ -247,8 +255,13 @@ def tokenize_csr(
         genes,
         ivals,
         fvals,
-        col_sums,
     )
+    sums = col_sums.copy() if exact_below > 0 else col_sums
+    kernels.tokenize_rows(*args, totals, exact_below > 0, exact_below, *rest, sums)
+    if exact_below > 0 and offsets[-1] < 0:  # non-integer or huge values: scipy's sums
+        kernels.tokenize_rows(*args, _row_sums(block), False, 0.0, *rest, col_sums)
+    elif sums is not col_sums:
+        col_sums[:] = sums
     used = int(offsets[-1])
     values: np.ndarray | None
     if cfg.value_kind in ("bin", "count"):
@@ -258,6 +271,24 @@ def tokenize_csr(
     else:
         values = None
     return Tokens(offsets=offsets, genes=genes[:used], values=values)
+
+
+def _row_sums(block: sp.csr_matrix) -> np.ndarray:
+    """Each row's total as scipy sums it (in the data's dtype), as float64."""
+    return np.asarray(block.sum(axis=1), dtype=np.float64).ravel()
+
+
+def _exact_sum_bound(dtype: np.dtype) -> float:
+    """The bound below which sums of integer values of ``dtype`` are exact in any order.
+
+    Also in scipy's own ``sum``, which adds in the data's dtype; 0: the kernel should not sum.
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return float(2 ** min(np.finfo(dtype).nmant + 1, 53))
+    if dtype.kind in "iu":
+        return float(min(np.iinfo(dtype).max, 2**53))
+    return 0.0
 
 
 def gene_coverage(block_counts_per_gene: np.ndarray, col_token: np.ndarray) -> tuple[float, int]:
