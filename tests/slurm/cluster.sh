@@ -16,7 +16,7 @@
 set -euo pipefail
 
 cmd=${1:?usage: cluster.sh start|stop DIR}
-D=${2:?usage: cluster.sh start|stop DIR}
+D=$(realpath -m "${2:?usage: cluster.sh start|stop DIR}")
 PORT=${SCFM_SLURM_PORT_BASE:-26817}
 PKGS="munge slurmctld slurmd slurm-client slurmdbd mariadb-server"
 
@@ -33,6 +33,12 @@ stop() {
     fi
     rm -f "$f"
   done
+  # the /etc/slurm/slurm.conf link, if it is still ours
+  if [ -s "$D/run/etc-link" ]; then
+    link=$(cat "$D/run/etc-link")
+    [ -L "$link" ] && [ "$(readlink "$link")" = "$D/etc/slurm.conf" ] && rm -f "$link"
+    rm -f "$D/run/etc-link"
+  fi
 }
 
 wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
@@ -60,7 +66,6 @@ start() {
   [ "$(id -u)" = 0 ] || { echo "cluster.sh: must run as root" >&2; exit 3; }
   install
   mkdir -p "$D"/{etc,run,log,spool/ctld,spool/d,mysql}
-  D=$(cd "$D" && pwd)
   local node cpus mem
   node=$(slurmd -C | sed -n 's/^NodeName=\([^ ]*\).*/\1/p')
   cpus=$(slurmd -C | sed -n 's/.* CPUs=\([0-9]*\).*/\1/p')
@@ -158,6 +163,17 @@ EOF
 export SLURM_CONF=$D/etc/slurm.conf
 EOF
   export SLURM_CONF=$D/etc/slurm.conf
+  # snakemake-executor-plugin-slurm-jobstep (0.6.1) drops SLURM_CONF (every SLURM_* but the job
+  # id) before its srun inside the job, so srun reads the default /etc/slurm/slurm.conf: point it
+  # here while the cluster runs, unless a real configuration is there (left alone; then stop)
+  local sys=/etc/slurm/slurm.conf
+  if [ -e "$sys" ] && [ ! -L "$sys" ]; then
+    echo "cluster.sh: $sys exists (a real Slurm configuration): not starting a test cluster over it" >&2
+    exit 3
+  fi
+  mkdir -p /etc/slurm
+  ln -sfn "$SLURM_CONF" "$sys"
+  echo "$sys" >"$D/run/etc-link"
 
   slurmdbd
   wait_for 30 slurmdbd sacctmgr -n list cluster
