@@ -29,7 +29,7 @@ CKPT = f"results/train/{RUN}/checkpoints"
 # long enough to interrupt twice (a step of the tiny model takes ~1-2 s on this loaded 2-core
 # machine), a checkpoint every 4 steps
 LONG_RUN = {
-    "max_steps": 40,
+    "max_steps": 28,
     "checkpoint_every": 4,
     "keep_checkpoints": 20,
     "log_every": 2,
