@@ -81,3 +81,38 @@ def test_gpu_profile_asks_train_for_gpus_on_the_gpu_partition(wd):
     assert res.returncode == 0, res.stderr[-3000:]
     train = job_resources(res.stdout + res.stderr, "train")
     assert "gpu=4" in train and "slurm_partition=gpu" in train and "cpus_per_gpu=8" in train
+
+
+def test_status_shim_reads_cancelled_by_uid_as_cancelled(monkeypatch):
+    """workflow/rules/slurm.smk's shim, run against the installed plugin: sacct's
+    `CANCELLED by 0` becomes `CANCELLED` (a failure state of the plugin), other states stay."""
+    import asyncio
+    import logging
+    from types import SimpleNamespace
+
+    import snakemake_executor_plugin_slurm as plugin
+    from snakemake_executor_plugin_slurm.job_status_query import query_job_status_sacct
+
+    # the plugin still polls sacct's State column through this function (else: revisit the shim)
+    assert "--format=JobIdRaw,State" in query_job_status_sacct("run")
+    monkeypatch.setattr(plugin, "query_job_status", plugin.query_job_status)
+    settings = SimpleNamespace(default_resources={}, overwrite_resources={})
+    text = (Path(__file__).parents[2] / "workflow/rules/slurm.smk").read_text()
+    exec(
+        compile(text, "slurm.smk", "exec"),
+        {"workflow": SimpleNamespace(resource_settings=settings), "WorkflowError": RuntimeError},
+    )
+    command = "printf '1|CANCELLED by 0\\n2|RUNNING\\n3|REQUEUED\\n'"
+    states, _ = asyncio.run(plugin.query_job_status(command, logging.getLogger("t")))
+    assert states == {"1": "CANCELLED", "2": "RUNNING", "3": "REQUEUED"}
+    assert "CANCELLED" in plugin_fail_states()
+
+
+def plugin_fail_states() -> str:
+    """The plugin's source where it lists the states it counts as failed."""
+    import inspect
+
+    import snakemake_executor_plugin_slurm as plugin
+
+    src = inspect.getsource(plugin.Executor.check_active_jobs)
+    return src[src.index("fail_stati") : src.index(")", src.index("fail_stati"))]
