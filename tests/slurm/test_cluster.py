@@ -41,7 +41,7 @@ LONG_RUN = {
 SMALL = ["--set-threads", "train=2", "--set-resources", "train:mem_mb=2000"]
 
 
-def _slurm(wd: Path, *args: str) -> list[str]:
+def _slurm(*args: str) -> list[str]:
     return [
         str(BIN / "snakemake"),
         "--profile",
@@ -100,7 +100,7 @@ def test_scancel_and_requeue_of_training_resume_to_the_uninterrupted_model(
     shutil.copytree(upstream, wd, symlinks=True)
     log = (tmp_path / "snakemake.log").open("w")
     proc = subprocess.Popen(
-        _slurm(wd, MODEL, *SMALL),
+        _slurm(MODEL, *SMALL),
         cwd=wd,
         env=_env(slurm_cluster),
         stdout=log,
@@ -156,7 +156,7 @@ def test_a_job_that_fits_no_node_is_refused_at_submission(slurm_cluster, upstrea
     wd = tmp_path / "wd"
     shutil.copytree(upstream, wd, symlinks=True)
     done = subprocess.run(
-        _slurm(wd, MODEL, "--set-threads", "train=1", "--set-resources", "train:mem_mb=10000000"),
+        _slurm(MODEL, "--set-threads", "train=1", "--set-resources", "train:mem_mb=10000000"),
         cwd=wd,
         env=_env(slurm_cluster),
         capture_output=True,
