@@ -24,6 +24,8 @@ demo: $(STAMP)
 	$(BIN)/snakemake --profile $(PROFILE) --report results/report.html
 	@echo "demo done: open results/report.html"
 
+# tests/slurm starts a real one-node Slurm (tests/slurm/cluster.sh) and installs Debian's Slurm
+# packages with apt-get when run as root (as in CI); elsewhere those tests are skipped with the reason.
 test: $(STAMP) browser bedtools
 	$(BIN)/pytest
 

@@ -6,6 +6,7 @@ configfile: "config/config.yaml"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/slurm.smk"
 include: "workflow/rules/download.smk"
 include: "workflow/rules/standardize.smk"
 include: "workflow/rules/qc.smk"

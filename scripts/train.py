@@ -1,7 +1,6 @@
 """Snakemake adapter: rule train -> `python -m scfm.train`, under torchrun when there are GPUs."""
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -9,7 +8,7 @@ import _scfm_path  # noqa: F401 - makes this checkout's src/ importable in any e
 
 from scfm.atomic import write_text_atomic
 from scfm.registry import register_outputs
-from scfm.train.launch import launch_command
+from scfm.train.launch import launch_command, run_forwarding_signals
 
 out = Path(snakemake.params.out)
 out.mkdir(parents=True, exist_ok=True)
@@ -23,8 +22,9 @@ cmd = launch_command(
     gpus=int(snakemake.resources.get("gpu", 0) or 0),
     log=snakemake.log[0],
 )
-# exit code 75 = stopped by SIGTERM/SIGUSR1 after a checkpoint: the retry resumes from it
-code = subprocess.call(cmd)
+# exit code 75 = stopped by SIGTERM/SIGUSR1 after a checkpoint: the retry resumes from it.
+# Signals to this adapter go on to the trainer, and the adapter waits for its exit status.
+code = run_forwarding_signals(cmd)
 if code == 0:
     register_outputs(snakemake, kind="model")  # no-op unless registry.enabled
 sys.exit(code)

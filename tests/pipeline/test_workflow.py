@@ -357,12 +357,16 @@ def test_slurm_profile_dry_run_without_slurm(workdir):
         "profiles/slurm",
         "-n",
         "-F",
-        env={"SCFM_SLURM_ACCOUNT": "mylab", "SCFM_SLURM_PARTITION": "short"},
+        env={
+            "SCFM_SLURM_ACCOUNT": "mylab",
+            "SCFM_SLURM_PARTITION": "short",
+            "SCFM_SLURM_GPU_PARTITION": "gpu",
+        },
     )
     assert res.returncode == 0, res.stderr[-2000:]
     out = res.stdout + res.stderr
     assert "slurm_account=mylab" in out and "slurm_partition=short" in out
-    assert "runtime=720" in out  # set-resources for the download rule
+    assert "runtime=720" in out  # the download rule's own resources
     assert "mem_mb=32000" in out  # qc
 
 

@@ -228,6 +228,62 @@ def test_sigterm_checkpoints_and_exits_with_requeue_code(corpus: Path, tmp_path:
     assert state is not None and state["step"] == steps[0]
 
 
+def test_adapter_forwards_sigterm_and_the_stop_survives_a_deleted_metrics_file(
+    corpus: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The Slurm chain: SIGTERM reaches the adapter (scripts/train.py's launcher), Snakemake
+    deletes metrics.tsv as a possibly corrupted output; the trainer still writes its
+    stop-checkpoint, exit 75 comes back through the adapter, and the resumed run ends with the
+    uninterrupted run's weights and metrics rows."""
+    reference = _reference_run(corpus, tmp_path_factory=request.getfixturevalue("tmp_path_factory"))
+    out = tmp_path / "adapter"
+    cmd, env = cli(out, corpus, KILL_RUN, KILL_MODEL)
+    adapter = [
+        PYTHON,
+        "-c",
+        "import sys; from scfm.train.launch import run_forwarding_signals as r; "
+        "sys.exit(r(sys.argv[1:]))",
+        *cmd,
+    ]
+    proc = subprocess.Popen(adapter, env=env, stderr=subprocess.PIPE, text=True)
+    wait_for_checkpoint(out / "checkpoints", proc, 4)
+    (out / "metrics.tsv").unlink()
+    proc.send_signal(signal.SIGTERM)  # to the adapter only: it must pass it on
+    try:
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    stderr = proc.stderr.read()  # type: ignore[union-attr]
+    assert proc.returncode == trainer_mod.REQUEUE_EXIT_CODE, stderr
+    assert "received SIGTERM" in stderr
+    assert not (out / "model.pt").exists()
+    state = CheckpointManager(out / "checkpoints").load_latest()
+    assert state is not None and 4 <= state["step"] < KILL_RUN["max_steps"]
+    last_logged = state["step"] // KILL_RUN["log_every"] * KILL_RUN["log_every"]
+    assert f"\n{last_logged}\ttrain\t" in state["metrics"]  # rows up to the stop are kept
+    (out / "metrics.tsv").unlink(missing_ok=True)  # the retry starts without it, as under Snakemake
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert f"resuming from step {state['step']}" in done.stderr
+    assert_same_weights(weights(out), weights(reference))
+    speed = {"tokens_per_s", "cells_per_s", "mfu"}
+
+    def rows(path: Path) -> list[list[str]]:
+        lines = path.read_text().splitlines()
+        keep = [i for i, c in enumerate(lines[0].split("\t")) if c not in speed]
+        return [[line.split("\t")[i] for i in keep] for line in lines]
+
+    assert rows(out / "metrics.tsv") == rows(reference / "metrics.tsv")
+
+
+def test_adapter_passes_the_exit_status_of_a_signalled_child_like_a_shell() -> None:
+    from scfm.train.launch import run_forwarding_signals
+
+    assert run_forwarding_signals([PYTHON, "-c", "import sys; sys.exit(75)"]) == 75
+    killed = [PYTHON, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]
+    assert run_forwarding_signals(killed) == 128 + signal.SIGKILL
+
+
 def test_nan_loss_stops_with_step_and_objective(
     corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -30,6 +30,9 @@ rule gene_stats:
         corpus=BUILT_CORPUS_RE,
     conda:
         "../../envs/rna.yaml"
+    resources:
+        runtime=480,
+        mem_mb=8000,  # genes x 1536 histogram (~180 MB at 30k genes) + one chunk
     params:
         filters=corpus_filters,
         chunk_cells=config["io"]["chunk_cells"],
@@ -49,6 +52,9 @@ rule shard:
         "logs/shard/{corpus}.{tokenizer}.{dataset}.log",
     conda:
         "../../envs/rna.yaml"
+    resources:
+        runtime=240,
+        mem_mb=4000,  # bounded by io.chunk_cells
     params:
         tokenizer=tokenizer_cfg,
         split=corpus_split,

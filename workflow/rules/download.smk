@@ -12,6 +12,8 @@ rule download:
         "../../envs/download.yaml"
     resources:
         downloads=1,
+        runtime=720,  # minutes; Census queries and atlas downloads take hours
+        mem_mb=16000,
     params:
         cfg=dataset_cfg,
         chunk_cells=config["io"]["chunk_cells"],

@@ -26,6 +26,9 @@ rule qc:
         dataset=RNA_RE,
     conda:
         "../../envs/rna.yaml"
+    resources:
+        runtime=480,
+        mem_mb=32000,  # scrublet holds one batch at a time
     params:
         qc=qc_params,
         organism=dataset_organism,

@@ -11,6 +11,9 @@ rule standardize:
         "logs/standardize/{dataset}.log",
     conda:
         "../../envs/rna.yaml"
+    resources:
+        runtime=480,
+        mem_mb=16000,  # bounded by io.chunk_cells, not by the dataset
     params:
         cfg=dataset_cfg,
         chunk_cells=config["io"]["chunk_cells"],

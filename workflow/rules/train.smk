@@ -19,6 +19,12 @@ rule train:
         "logs/train/{run}.log",
     conda:
         "../../envs/train.yaml"
+    # CPU threads of the training process (capped at --cores locally: beside it, the benchmark
+    # jobs' threads: 2 keep running). GPU jobs get their CPUs as cpus_per_gpu (profiles/slurm).
+    threads: 4
+    resources:
+        runtime=2880,  # minutes; checkpoints + retries/--requeue continue longer runs
+        mem_mb=16000,
     params:
         run=run_cfg,
         model=run_model_cfg,

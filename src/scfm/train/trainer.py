@@ -99,6 +99,27 @@ class _Window:
                 self.trivial[k] = self.trivial.get(k, 0.0) + value * n
                 self.trivial_n[k] = self.trivial_n.get(k, 0.0) + n
 
+    def state_dict(self) -> dict[str, Any]:
+        """The sums so far, so that a run stopped between two log steps logs the same row."""
+        pairs = lambda d: [[a, b, v] for (a, b), v in d.items()]  # noqa: E731
+        return {
+            "loss": dict(self.loss),
+            "n": dict(self.n),
+            "trivial": pairs(self.trivial),
+            "trivial_n": pairs(self.trivial_n),
+            "counts": [self.tokens, self.cells, self.flops],
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any] | None) -> _Window:
+        w = cls()
+        if state:  # checkpoints older than this field start an empty window
+            w.loss, w.n = dict(state["loss"]), dict(state["n"])
+            w.trivial = {(a, b): v for a, b, v in state["trivial"]}
+            w.trivial_n = {(a, b): v for a, b, v in state["trivial_n"]}
+            w.tokens, w.cells, w.flops = state["counts"]
+        return w
+
 
 # --------------------------------------------------------------------------- the loop
 
@@ -228,7 +249,7 @@ def _train(
         metrics.write(0, "val", _evaluate(net, val_loader, stats, run, env, autocast))
 
     # ---- the loop
-    window = _Window()
+    window = _Window.from_state(state["window"][env.rank] if state and "window" in state else None)
     batches = _endless(train_loader)
     bar = _progress(env, step, max_steps)
     peak = _peak_flops(env.device)
@@ -266,7 +287,7 @@ def _train(
             metrics.write(step, "val", _evaluate(net, val_loader, stats, run, env, autocast))
         stopping = bool(all_reduce_max(torch.tensor(int(stop.requested)), env))
         if step % run.checkpoint_every == 0 or step == max_steps or stopping:
-            _save(ckpt, step, net, optimizer, schedule, train_loader, env, meta, metrics)
+            _save(ckpt, step, net, optimizer, schedule, train_loader, window, env, meta, metrics)
         if stopping:
             log.warning("stopped by signal after step %d (checkpoint written)", step)
             break
@@ -684,6 +705,7 @@ def _save(
     optimizer: torch.optim.Optimizer,
     schedule: Schedule,
     loader: CorpusLoader,
+    window: _Window,
     env: DistEnv,
     meta: dict[str, Any],
     metrics: _Metrics,
@@ -694,6 +716,7 @@ def _save(
     (metrics.tsv among them), and the resumed run restores them from the checkpoint.
     """
     loaders = gather_objects(loader.state_dict(), env)
+    windows = gather_objects(window.state_dict(), env)
     rngs = gather_objects(_rng_state(), env)
     if env.is_main:
         ckpt.save(
@@ -707,6 +730,8 @@ def _save(
                 "rng": rngs,
                 "world_size": env.world_size,
                 "metrics": metrics.text(),
+                # the logging window's sums: a stop between two log steps logs the same row
+                "window": windows,
                 **meta,
             },
         )
@@ -782,11 +807,12 @@ class _Metrics:
             text = saved if saved is not None else path.read_text()
             rows = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t")
             kept = [r for r in rows if int(r["step"]) <= resume_step]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
-            w = csv.DictWriter(f, self.columns, delimiter="\t", extrasaction="ignore")
-            w.writeheader()
-            w.writerows(kept)
+        buf = io.StringIO(newline="")
+        w = csv.DictWriter(buf, self.columns, delimiter="\t", extrasaction="ignore")
+        w.writeheader()
+        w.writerows(kept)
+        self._text = buf.getvalue()
+        self._rewrite()
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -796,22 +822,37 @@ class _Metrics:
                 log.warning("tensorboard is not installed: no TensorBoard logs")
 
     def text(self) -> str | None:
-        """The file's rows so far (rank 0; ``None`` elsewhere)."""
-        return self.path.read_text() if self.env.is_main else None
+        """The rows so far (rank 0; ``None`` elsewhere), from memory: the file may be gone."""
+        return self._text if self.env.is_main else None
+
+    def _rewrite(self) -> None:
+        """The whole file from memory (start, or after someone deleted it), atomically."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.path) as tmp:
+            tmp.write_text(self._text, newline="")
 
     def write(self, step: int, split: str, rows: dict[str, dict], **extra: float) -> None:
         """Append one row per objective (plus "total")."""
         self.last[split] = {k: v["loss"] for k, v in rows.items()}
         if not self.env.is_main:
             return
-        with self.path.open("a", newline="") as f:
-            w = csv.DictWriter(f, self.columns, delimiter="\t", extrasaction="ignore")
-            for objective, values in rows.items():
-                row = {"step": step, "split": split, "objective": objective}
-                row.update({k: _fmt(v) for k, v in values.items()})
-                if objective == "total" and split == "train":
-                    row.update({k: _fmt(v) for k, v in extra.items()})
-                w.writerow(row)
+        buf = io.StringIO(newline="")
+        w = csv.DictWriter(buf, self.columns, delimiter="\t", extrasaction="ignore")
+        for objective, values in rows.items():
+            row = {"step": step, "split": split, "objective": objective}
+            row.update({k: _fmt(v) for k, v in values.items()})
+            if objective == "total" and split == "train":
+                row.update({k: _fmt(v) for k, v in extra.items()})
+            w.writerow(row)
+        self._text += buf.getvalue()
+        # Snakemake deletes the outputs of a job it is told to stop (metrics.tsv among them)
+        # while the trainer still runs to its stop-checkpoint: the rows live in memory and in
+        # every checkpoint; a missing file is written again whole
+        if self.path.is_file():
+            with self.path.open("a", newline="") as f:
+                f.write(buf.getvalue())
+        else:
+            self._rewrite()
         if self.tb is not None:
             for objective, values in rows.items():
                 self.tb.add_scalar(f"{split}/{objective}", values["loss"], step)
