@@ -36,7 +36,7 @@ AGGREGATE = "Aggregate score"
 
 #: jax's persistent compilation cache of metric jobs, relative to the run's directory (the
 #: working directory of Snakemake's jobs); ``SCFM_JAX_CACHE`` overrides it ("" turns it off).
-JAX_CACHE = "results/.jax_cache"
+JAX_CACHE = ".snakemake/scfm-jax-cache"
 
 #: scib-metrics' names of the two scores taken from the shared silhouette, and their type.
 SILHOUETTE_METRICS = {"isolated_labels": "Isolated labels", "silhouette_label": "Silhouette label"}
