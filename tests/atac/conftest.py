@@ -104,7 +104,7 @@ def sim_atac(tmp_path_factory: pytest.TempPathFactory) -> SimATAC:
 
 @pytest.fixture(scope="session", autouse=True)
 def _var_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory):
-    """Tile matrices cache their bins' var (scfm.atac.tiles.BinVar): in a temporary directory here."""
+    """Tile matrices cache their bins' var (scfm.atac.tiles.BinVar): in a temp directory here."""
     import os
 
     old = os.environ.get("SCFM_CACHE_DIR")

@@ -19,22 +19,6 @@ rule reference_genome:
         "../../scripts/reference_genome.py"
 
 
-def atac_blacklist_spec(wildcards):
-    """qc.atac.blacklist of a dataset (its own qc override first): None, a path, or a dict."""
-    return atac_qc_params(wildcards).get("blacklist")
-
-
-def get_atac_blacklist(wildcards):
-    """{'blacklist': <BED>} for rule atac_fragments: the local file, or the downloaded one."""
-    spec = atac_blacklist_spec(wildcards)
-    if not spec:
-        return {}
-    if isinstance(spec, str) or spec.get("path"):
-        return {"blacklist": spec if isinstance(spec, str) else spec["path"]}
-    name = spec["url"].split("?")[0].rstrip("/").split("/")[-1]
-    return {"blacklist": f"resources/atac/blacklist/{spec['sha256'][:16]}/{name}"}
-
-
 rule atac_blacklist:
     output:
         bed="resources/atac/blacklist/{sha}/{name}",

@@ -1,5 +1,7 @@
 # Config validation, wildcard constraints and input functions shared by every rule.
 import re
+from pathlib import PurePosixPath
+from urllib.parse import urlsplit
 
 from snakemake.logging import logger
 
@@ -195,6 +197,22 @@ def get_run_vocab(wildcards):
 def atac_qc_params(wildcards):
     """qc.atac with the dataset's own overrides on top."""
     return {**config["qc"]["atac"], **DATASETS[wildcards.dataset].get("qc", {})}
+
+
+def atac_blacklist_spec(wildcards):
+    """qc.atac.blacklist of a dataset (its own qc override first): None, a path, or a dict."""
+    return atac_qc_params(wildcards).get("blacklist")
+
+
+def get_atac_blacklist(wildcards):
+    """{"blacklist": <BED>} for the atac_fragments rule (a local file or the downloaded one)."""
+    spec = atac_blacklist_spec(wildcards)
+    if not spec:
+        return {}
+    if isinstance(spec, str) or spec.get("path"):
+        return {"blacklist": spec if isinstance(spec, str) else spec["path"]}
+    name = PurePosixPath(urlsplit(spec["url"]).path).name
+    return {"blacklist": f"resources/atac/blacklist/{spec['sha256'][:16]}/{name}"}
 
 
 def get_atac_genome(wildcards):

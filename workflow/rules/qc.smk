@@ -10,8 +10,13 @@ rule qc:
             "results/qc/{dataset}.metrics.tsv",
             caption="../report/qc_metrics.rst",
             category="QC",
-            subcategory="{dataset}",
-            labels={"dataset": "{dataset}", "figure": "cells removed per filter (table)"},
+            # its own subcategory: the report shows one row per label set, so a table and a
+            # figure of one dataset under one subcategory would share a row
+            subcategory="{dataset} (table)",
+            labels={
+                "dataset": "{dataset}",
+                "figure": "cells removed per filter (table)",
+            },
         ),
         figure=report(
             "results/qc/{dataset}.qc.png",
