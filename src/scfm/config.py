@@ -21,7 +21,9 @@ import yaml
 from scfm.errors import ScfmConfigError
 from scfm.paths import input_problem
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+# The schema ships inside the package (package data), so an installed, non-editable `scfm` can
+# validate a config; workflow/schemas/config.schema.yaml is a symlink to it for Snakemake users.
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 
 
 def load_schema(path: str | Path | None = None) -> dict[str, Any]:

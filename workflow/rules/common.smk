@@ -11,9 +11,7 @@ from scfm.paths import check_writable_dirs
 
 # Validate once at start-up, before any job: unknown keys, wrong types and unknown sources stop
 # the run with the key path and what was expected. Defaults are filled from the schema.
-config = validate_config(
-    config, schema=load_schema(workflow.source_path("../schemas/config.schema.yaml"))
-)
+config = validate_config(config, schema=load_schema())
 # A read-only output tree stops the run here, naming the directory; later, Snakemake would fail
 # inside its own code (creating a log file) or a job on a temporary file name.
 if workflow.is_main_process:
