@@ -132,7 +132,7 @@ def prepare(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     if not manifest.exists():
         root.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        write_vocab(build_vocab({DATASET: h5ad}), vocab)
+        write_vocab(build_vocab({DATASET: h5ad}, min_cells=0), vocab)
         print("sharding (binned, max_len 1200) ...", end="", flush=True)
         shard_dataset(
             h5ad, shards, dataset=DATASET, vocab_path=vocab, tokenizer=TOKENIZER, split=SPLIT

@@ -230,7 +230,7 @@ def make_vocab(h5ads: dict[str, Path], path: Path) -> Path:
     from scfm.tokenize.vocab import build_vocab, write_vocab
 
     if not path.exists():
-        write_vocab(build_vocab(h5ads), path)
+        write_vocab(build_vocab(h5ads, min_cells=0), path)
     return path
 
 

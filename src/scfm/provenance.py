@@ -32,3 +32,16 @@ def created() -> str:
                 "an integer (seconds since 1970)",
             ) from None
     return when.isoformat(timespec="seconds")
+
+
+def versions(*packages: str) -> dict[str, str]:
+    """What made a file, in the one spelling every provenance record uses.
+
+    ``{"scfm": <version>, <package>: <version>, ...}`` under the record's ``versions`` key (not
+    ``scfm_version`` or a top-level ``scfm``): readers look in one place.
+    """
+    from importlib.metadata import version
+
+    from scfm import __version__
+
+    return {"scfm": __version__, **{p: version(p) for p in packages}}

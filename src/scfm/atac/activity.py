@@ -33,6 +33,7 @@ import pandas as pd
 
 from scfm.atac.tiles import IntervalMap, MatrixSummary, count_features, frozen_index
 from scfm.errors import ScfmInputError
+from scfm.spec import default
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +98,10 @@ def gene_activity(
     *,
     upstream: int = 2000,
     downstream: int = 0,
-    counting: str = "insertion",
-    binarize: bool = False,
+    counting: str = default("qc.atac.counting"),
+    binarize: bool = default("qc.atac.binarize"),
     chunk_size: int = 2_000_000,
-    compression: str | None = "lzf",
+    compression: str | None = default("io.compression"),
     buffer_pairs: int = 100_000_000,
 ) -> MatrixSummary:
     """Cells x genes counts over gene body + promoter (window defined in the module docstring).

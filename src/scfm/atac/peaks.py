@@ -49,7 +49,6 @@ import numpy as np
 import pandas as pd
 from numba import njit
 
-from scfm import __version__
 from scfm.atac.fragments import Index, read_chunks
 from scfm.atac.tiles import (
     IntervalMap,
@@ -61,7 +60,8 @@ from scfm.atac.tiles import (
 )
 from scfm.atomic import atomic_path, write_text_atomic
 from scfm.errors import ScfmInputError
-from scfm.provenance import created
+from scfm.provenance import created, versions
+from scfm.spec import default
 
 log = logging.getLogger(__name__)
 
@@ -371,7 +371,7 @@ def call_peaks(
             for i, (g, s) in enumerate(zip(group_names, safe, strict=True))
         },
         "summits": len(table),
-        "scfm": __version__,
+        "versions": versions(),
     }
     write_text_atomic(out_dir / "call_peaks.json", json.dumps(record, indent=1))
     log.info("call_peaks: %d summits from %d group(s) -> %s", len(table), len(summits), out)
@@ -505,11 +505,11 @@ def peak_matrix(
     barcodes: Sequence[str],
     out_h5ad: str | Path,
     *,
-    counting: str = "insertion",
+    counting: str = default("qc.atac.counting"),
     genome: Any | None = None,
-    binarize: bool = False,
+    binarize: bool = default("qc.atac.binarize"),
     chunk_size: int = 2_000_000,
-    compression: str | None = "lzf",
+    compression: str | None = default("io.compression"),
     buffer_pairs: int = 100_000_000,
 ) -> MatrixSummary:
     """Cells x peaks int32 CSR counts (``var``: chrom/start/end, names ``chr:start-end``).

@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from scfm import __version__
 from scfm.atomic import atomic_path
 from scfm.errors import ScfmInputError
+from scfm.provenance import versions
 
 log = logging.getLogger("scfm.atac")
 
@@ -246,7 +246,7 @@ def features(
     out_adata.var_names.name = "feature_id" if kind != "genes" else "gene_id"
     out_adata.uns["scfm"] = {
         "atac_features": json.dumps(
-            {"dataset": dataset, "features": kind, "source": str(matrix), "scfm": __version__}
+            {"dataset": dataset, "features": kind, "source": str(matrix), "versions": versions()}
         )
     }
     with atomic_path(out, suffix=".h5ad") as tmp:

@@ -76,7 +76,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -87,12 +86,12 @@ import pandas as pd
 import scipy.sparse as sp
 from numba import njit
 
-from scfm import __version__
 from scfm.atac.fragments import FragmentChunk, Index, _put_int, read_chunks
 from scfm.atomic import atomic_path, temp_dir_beside
 from scfm.errors import ScfmInputError
 from scfm.io.h5ad import CsrH5adWriter
-from scfm.provenance import created
+from scfm.provenance import created, versions
+from scfm.spec import default
 
 log = logging.getLogger(__name__)
 
@@ -893,10 +892,7 @@ def count_features(
             "units_in_features": int(n_hit.sum()),
             "pairs": int(buckets.total_pairs),
             "pairs_spilled": int(buckets.spilled_pairs),
-            "versions": {
-                "scfm": __version__,
-                **{p: version(p) for p in ("anndata", "numpy", "numba", "h5py")},
-            },
+            "versions": versions("anndata", "numpy", "numba", "h5py"),
         }
         nnz = 0
         var_frame = var() if callable(var) else var
@@ -953,11 +949,11 @@ def tile_matrix(
     barcodes: Sequence[str],
     out_h5ad: str | Path,
     *,
-    bin_size: int = 500,
-    counting: str = "insertion",
-    binarize: bool = False,
+    bin_size: int = default("qc.atac.bin_size"),
+    counting: str = default("qc.atac.counting"),
+    binarize: bool = default("qc.atac.binarize"),
     chunk_size: int = 2_000_000,
-    compression: str | None = "lzf",
+    compression: str | None = default("io.compression"),
     buffer_pairs: int = 100_000_000,
 ) -> MatrixSummary:
     """Cells x genome bins count matrix from a fragment file, streamed in bounded memory.

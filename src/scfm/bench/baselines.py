@@ -21,10 +21,10 @@ import anndata as ad
 import numpy as np
 import scanpy as sc
 
-from scfm import __version__
 from scfm.bench.evalset import log_normalized, read_evalset
 from scfm.io.embedding import write_embedding
 from scfm.paths import check_outputs_not_inputs
+from scfm.provenance import versions
 
 log = logging.getLogger("scfm.bench")
 
@@ -133,7 +133,7 @@ def baseline_embedding(
         adata.obs[["scfm_label", "scfm_batch", "scfm_split"]],
         f"X_{method}",
         emb,
-        {"method": method, "evalset": str(evalset), "params": params, "scfm_version": __version__},
+        {"method": method, "evalset": str(evalset), "params": params, "versions": versions()},
         stage="baseline",
     )
     log.info("%s: embedding %d x %d written to %s", method, *emb.shape, output)

@@ -22,11 +22,12 @@ import pandas as pd
 import scanpy as sc
 import scipy.sparse as sp
 
-from scfm import __version__
 from scfm.atomic import atomic_path
 from scfm.errors import ScfmInputError
 from scfm.io.standardize import strings_keep_missing
 from scfm.paths import check_outputs_not_inputs
+from scfm.provenance import versions
+from scfm.spec import default
 
 log = logging.getLogger("scfm.bench")
 
@@ -63,13 +64,13 @@ def prepare_evalset(
     *,
     label_key: str,
     batch_key: str,
-    split_key: str | None = None,
-    metrics: Sequence[str] = ("scib", "scgraph", "annotation"),
-    max_cells: int | None = None,
-    seed: int = 0,
-    n_hvg: int = 2000,
+    split_key: str | None = default("benchmarks.*.split_key"),
+    metrics: Sequence[str] = tuple(default("benchmarks.*.metrics")),
+    max_cells: int | None = default("benchmarks.*.max_cells"),
+    seed: int = default("benchmarks.*.seed"),
+    n_hvg: int = default("benchmarks.*.n_hvg"),
     name: str = "",
-    hvg_min_batch_cells: int = HVG_MIN_BATCH_CELLS,
+    hvg_min_batch_cells: int = default("benchmarks.*.hvg_min_batch_cells"),
     exclude: pd.Index | None = None,
 ) -> ad.AnnData:
     """Write the evaluation set of one benchmark: counts, keys, highly variable genes.
@@ -192,7 +193,7 @@ def prepare_evalset(
         "n_hvg": int(adata.var["highly_variable"].sum()),
         "n_unlabelled": n_unlabelled,
         "hvg": hvg_record,
-        "scfm_version": __version__,
+        "versions": versions(),
     }
     log.info(
         "evaluation set %s: %d cells, %d cell types, %d batches, %d HVGs",

@@ -40,12 +40,13 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from scfm import __version__
 from scfm.atomic import temp_dir_beside
 from scfm.errors import ScfmInputError
 from scfm.io.embedding import write_embedding
 from scfm.io.h5ad import read_dataframe
 from scfm.paths import check_input, check_outputs_not_inputs
+from scfm.provenance import versions
+from scfm.spec import default
 
 log = logging.getLogger("scfm.bench")
 
@@ -250,7 +251,7 @@ def external_embedding(
     out_h5ad: str | Path,
     spec: Mapping[str, Any],
     *,
-    threads: int = 1,
+    threads: int = default("benchmarks.*.external.*.threads"),
     log_file: str | Path | None = None,
 ) -> Path:
     """Write the embedding file of an external method for one evaluation set.
@@ -264,7 +265,7 @@ def external_embedding(
     obs = read_dataframe(data_h5ad, "obs")
     cells = pd.Index(obs.index.astype(str))
     kind = spec["kind"]
-    record: dict[str, Any] = {"method": method, "kind": kind, "scfm_version": __version__}
+    record: dict[str, Any] = {"method": method, "kind": kind, "versions": versions()}
     checks = {
         "n_dims": spec.get("n_dims"),
         "allow_extra_cells": spec.get("allow_extra_cells", False),

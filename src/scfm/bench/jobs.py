@@ -21,6 +21,7 @@ from scfm.bench.evalset import labelled_cells, log_normalized, read_evalset
 from scfm.bench.scib import COLUMNS
 from scfm.io.embedding import read_embedding
 from scfm.paths import check_outputs_not_inputs
+from scfm.spec import default
 
 #: Column of every label-based metric's table: cells left out for having no label.
 EXCLUDED = "n_unlabelled_excluded"
@@ -46,8 +47,8 @@ def scib_job(
     out_tsv: str | Path,
     *,
     method: str,
-    kbet: bool = False,
-    leiden: bool = False,
+    kbet: bool = default("benchmarks.*.scib.kbet"),
+    leiden: bool = default("benchmarks.*.scib.leiden"),
     threads: int | None = None,
 ) -> pd.DataFrame:
     """scib-metrics of one method (``unintegrated``: the pca baseline's embedding file)."""
@@ -102,7 +103,7 @@ def scgraph_job(
     out_types_tsv: str | Path,
     *,
     method: str,
-    trim_rate: float = 0.05,
+    trim_rate: float = default("benchmarks.*.scgraph.trim_rate"),
 ) -> pd.DataFrame:
     """The scGraph scores of one method against the evaluation set's reference graph."""
     from scfm.bench.scgraph import scgraph_scores
@@ -137,9 +138,9 @@ def annotation_job(
     out_tsv: str | Path,
     *,
     method: str,
-    classifiers: Sequence[str] = ("logreg", "knn"),
-    k: int = 15,
-    n_splits: int = 5,
+    classifiers: Sequence[str] = tuple(default("benchmarks.*.annotation.classifiers")),
+    k: int = default("benchmarks.*.annotation.k"),
+    n_splits: int = default("benchmarks.*.annotation.n_splits"),
     seed: int = 0,
 ) -> pd.DataFrame:
     """Cell-type annotation from one embedding, split by ``obs["scfm_split"]`` groups."""
@@ -190,7 +191,7 @@ def masked_job(
     out_tsv: str | Path,
     *,
     method: str,
-    max_cells: int | None = 10000,
+    max_cells: int | None = default("benchmarks.*.masked.max_cells"),
     batch_size: int = 256,
     seed: int = 0,
     gene_stats: str | Path | None = None,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +19,12 @@ import anndata as ad
 import numpy as np
 import torch
 
-from scfm import __version__
 from scfm.embed.cells import CellStream
 from scfm.embed.model_file import ModelFile, open_model_file
 from scfm.errors import ScfmConfigError, ScfmInputError
 from scfm.io.embedding import write_embedding
 from scfm.paths import check_input, check_outputs_not_inputs
-from scfm.provenance import created
+from scfm.provenance import created, versions
 
 log = logging.getLogger("scfm.embed")
 
@@ -158,7 +156,7 @@ def embed_file(
         "batch_size": batch_size,
         "precision": "bf16" if dev.type == "cuda" else "fp32",
         "created": created(),
-        "versions": {"scfm": __version__, **{p: version(p) for p in ("torch", "anndata")}},
+        "versions": versions("torch", "anndata"),
     }
     write_embedding(output_h5ad, obs, key, emb, record, stage="embed")
     # the duration goes to the log and the returned record, not into the file (see

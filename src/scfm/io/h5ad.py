@@ -20,6 +20,7 @@ import scipy.sparse as sp
 
 from scfm.errors import ScfmInputError
 from scfm.paths import check_input
+from scfm.spec import default
 
 # HDF5 chunk of the growing CSR arrays: large enough for fast sequential I/O, small enough
 # that reading one cell touches little extra data.
@@ -215,7 +216,7 @@ class CsrH5adWriter:
         var: pd.DataFrame,
         uns: dict[str, Any] | None = None,
         dtype: np.dtype | type = np.int32,
-        compression: str | None = "gzip",
+        compression: str | None = default("io.compression"),
     ) -> None:
         self.path = Path(path)
         self.n_obs, self.n_vars = len(obs), len(var)

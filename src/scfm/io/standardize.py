@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,6 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
-from scfm import __version__
 from scfm.atomic import atomic_path
 from scfm.errors import ScfmInputError
 from scfm.io.formats import open_counts
@@ -29,8 +27,9 @@ from scfm.io.genes import map_genes, read_gene_table
 from scfm.io.h5ad import CsrH5adWriter
 from scfm.io.sources import read_manifest
 from scfm.paths import check_outputs_not_inputs
-from scfm.provenance import created
+from scfm.provenance import created, versions
 from scfm.redact import redact
+from scfm.spec import default
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +152,8 @@ def standardize(
     dataset: str,
     cfg: dict[str, Any],
     gene_table: str | Path | None = None,
-    chunk_cells: int = 20000,
-    compression: str = "gzip",
+    chunk_cells: int = default("io.chunk_cells"),
+    compression: str = default("io.compression"),
 ) -> dict[str, Any]:
     """Write the standard h5ad for one dataset from its raw manifest.
 
@@ -262,10 +261,7 @@ def standardize(
             "cells_without_metadata": n_no_meta,
             "config": cfg,
             "source_info": man.get("source_info", {}),
-            "versions": {
-                "scfm": __version__,
-                **{p: version(p) for p in ("anndata", "numpy", "scipy", "h5py")},
-            },
+            "versions": versions("anndata", "numpy", "scipy", "h5py"),
         }
         prov = redact(prov)  # no URL credentials in the provenance
         uns = {"scfm": {"standardize": json.dumps(prov, default=str)}}

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +20,12 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from scfm import __version__
 from scfm.atomic import atomic_path
 from scfm.errors import ScfmInputError
 from scfm.io.h5ad import CsrH5adWriter, MatrixReader, provenance, read_dataframe
 from scfm.paths import check_outputs_not_inputs
-from scfm.provenance import created
+from scfm.provenance import created, versions
+from scfm.spec import default
 
 log = logging.getLogger(__name__)
 
@@ -283,8 +282,8 @@ def qc_rna(
     *,
     params: dict[str, Any],
     organism: str = "human",
-    chunk_cells: int = 20000,
-    compression: str = "gzip",
+    chunk_cells: int = default("io.chunk_cells"),
+    compression: str = default("io.compression"),
 ) -> pd.DataFrame:
     """Filter a standardized RNA h5ad; write the filtered h5ad, a metrics TSV and a figure.
 
@@ -376,7 +375,7 @@ def qc_rna(
         "organism": organism,
         "input": str(path),
         "summary": table.to_dict(orient="records"),
-        "versions": {"scfm": __version__, **{p: version(p) for p in ("scanpy", "anndata")}},
+        "versions": versions("scanpy", "anndata"),
     }
     uns = {
         "scfm": {

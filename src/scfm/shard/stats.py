@@ -12,6 +12,7 @@ import pandas as pd
 from scfm.atomic import atomic_path
 from scfm.io.h5ad import MatrixReader, read_dataframe
 from scfm.shard.corpus import select_cells
+from scfm.spec import default
 from scfm.tokenize import kernels
 from scfm.tokenize.vocab import Vocab
 
@@ -27,7 +28,7 @@ def gene_stats(
     *,
     filters: Mapping[str, Any] | None = None,
     target_sum: float = 1e4,
-    chunk_cells: int = 20000,
+    chunk_cells: int = default("io.chunk_cells"),
 ) -> pd.DataFrame:
     """Write ``gene_stats.tsv`` with per-gene statistics of the corpus' cells (after filters).
 

@@ -24,15 +24,15 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 from tqdm.auto import tqdm
 
-from scfm import __version__
 from scfm.atomic import temp_dir_beside, write_text_atomic
 from scfm.errors import ScfmInputError, disk_full_error
 from scfm.io.download import hash_file
 from scfm.io.h5ad import read_dataframe
-from scfm.provenance import created
+from scfm.provenance import created, versions
 from scfm.shard.chunks import CsrChunks
 from scfm.shard.corpus import SPLITS, assign_splits, select_cells
 from scfm.shard.stats import inverse_medians
+from scfm.spec import default
 from scfm.tokenize.tokenizers import (
     TokenizerConfig,
     Tokens,
@@ -182,8 +182,8 @@ def shard_dataset(
     split: Mapping[str, Any],
     keep: Mapping[str, Any] | None = None,
     gene_stats: str | Path | None = None,
-    cells_per_shard: int = 16384,
-    chunk_cells: int = 20000,
+    cells_per_shard: int = default("shards.cells_per_shard"),
+    chunk_cells: int = default("io.chunk_cells"),
     source_sha256: str | None = None,
 ) -> dict[str, Any]:
     """Tokenize one QC'd dataset into ``out_dir/<split>/shard-NNNNN.arrow`` + ``manifest.json``.
@@ -285,7 +285,7 @@ def shard_dataset(
             "source": str(h5ad),
             "source_sha256": source_sha256 or hash_file(h5ad),
             "created": created(),
-            "scfm_version": __version__,
+            "versions": versions(),
             "vocab_hash": vocab.hash,
             "vocab_size": len(vocab),
             "tokenizer_params": cfg.params(),
@@ -392,7 +392,7 @@ def merge_manifests(
         "datasets": merged["datasets"],
         "weights": dict(weights) if weights else None,
         "created": created(),
-        "scfm_version": __version__,
+        "versions": versions(),
     }
     write_text_atomic(out, json.dumps(manifest, indent=2))
     return manifest

@@ -13,6 +13,7 @@ import pandas as pd
 from scfm.atomic import atomic_path
 from scfm.errors import ScfmInputError
 from scfm.io.h5ad import read_dataframe
+from scfm.spec import default
 
 PAD, CLS, MASK = "<pad>", "<cls>", "<mask>"
 BASE_SPECIALS = [PAD, CLS, MASK, "<unk>", "<mod_rna>", "<mod_atac>"]
@@ -30,11 +31,11 @@ def special_tokens(n_condition_tokens: int = 32) -> list[str]:
 def build_vocab(
     datasets: Mapping[str, str | Path],
     *,
-    policy: str = "union",
-    min_cells: int = 0,
-    genes_file: str | Path | None = None,
-    max_genes: int | None = None,
-    n_condition_tokens: int = 32,
+    policy: str = default("corpora.*.vocab.policy"),
+    min_cells: int = default("corpora.*.vocab.min_cells"),
+    genes_file: str | Path | None = default("corpora.*.vocab.genes_file"),
+    max_genes: int | None = default("corpora.*.vocab.max_genes"),
+    n_condition_tokens: int = default("corpora.*.vocab.n_condition_tokens"),
 ) -> pd.DataFrame:
     """Vocabulary table from the ``var`` of QC'd datasets (reads no matrix).
 

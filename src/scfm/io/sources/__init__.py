@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from scfm.atomic import write_text_atomic
-from scfm.provenance import created
+from scfm.provenance import created, versions
 from scfm.redact import redact
+from scfm.spec import default
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +42,13 @@ SOURCES = {
 
 
 def fetch_dataset(
-    name: str, cfg: dict[str, Any], outdir: str | Path, *, chunk_cells: int = 20000
+    name: str,
+    cfg: dict[str, Any],
+    outdir: str | Path,
+    *,
+    chunk_cells: int = default("io.chunk_cells"),
 ) -> dict[str, Any]:
     """Fetch dataset ``name`` as configured and write ``outdir/manifest.json``; return it."""
-    from scfm import __version__
-
     source = cfg["source"]
     if source not in SOURCES:
         raise ValueError(
@@ -60,7 +63,7 @@ def fetch_dataset(
         "dataset": name,
         "source": source,
         "created": created(),
-        "scfm_version": __version__,
+        "versions": versions(),
         "config": cfg,
         "obs_table": None,
         "defaults": {},
