@@ -130,16 +130,18 @@ def _describe(error: jsonschema.ValidationError) -> Iterator[str]:
             full = f"{where}.{key}" if error.absolute_path else key
             yield f"{full}: unknown key{extra}; expected one of: {', '.join(allowed)}"
         return
+    if isinstance(error.schema, dict) and error.schema.get("x-name"):
+        # a name: a mapping key (propertyNames) or a reference to one (e.g. runs.<r>.corpus)
+        yield (
+            f"{where}: invalid name {error.instance!r}; expected 1 to "
+            f"{error.schema['maxLength']} letters, digits, '_', '.' or '-' (no newline), and "
+            "not '.' or '..' (the name becomes a file name and a wildcard)"
+        )
+        return
     if "propertyNames" in error.absolute_schema_path:
-        if "pattern" in error.schema:
-            yield (
-                f"{where}: invalid name {error.instance!r}; expected letters, digits, '_', '.' "
-                "or '-' only, and not '.' or '..' (the name becomes a file path and a wildcard)"
-            )
-        else:
-            yield f"{where}: invalid key {error.instance!r}; expected one of: " + ", ".join(
-                map(str, error.schema.get("enum", []))
-            )
+        yield f"{where}: invalid key {error.instance!r}; expected one of: " + ", ".join(
+            map(str, error.schema.get("enum", []))
+        )
         return
     if error.validator == "enum":
         yield f"{where}: {error.instance!r} is not allowed; expected one of: " + ", ".join(
