@@ -11,7 +11,7 @@ import copy
 import difflib
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -451,20 +451,239 @@ def _benchmark_references(config: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def load_config(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file and validate it (see :func:`validate_config`)."""
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses a key given twice in one mapping.
+
+    Plain data only (no tag builds an object, nothing is executed), and no silent last-wins.
+    Keys merged in with ``<<: *anchor`` may be overridden by an explicit key, as YAML intends;
+    a key written twice is the error.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.setdefault(key, line)
+            except TypeError:  # an unhashable key: SafeConstructor reports it below
+                continue
+            if first != line:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first given on line {first}); expected each key "
+                    "once per mapping",
+                    key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+def _safe_load(text: str, name: str = "<string>") -> Any:
+    """``yaml.safe_load`` with :class:`_ConfigLoader` (a SafeLoader: no Python tags)."""
+    loader = _ConfigLoader(text)
+    loader.name = name  # errors say: in "<name>", line N, column M
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+#: The top-level key that asks Snakemake's loader (yte) to evaluate ``?``-expressions as Python.
+YTE_KEY = "__use_yte__"
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML (or JSON) config file, read as data only; not validated.
+
+    Raises
+    ------
+    ScfmConfigError
+        Naming the file: not a readable regular file, not valid YAML, a duplicate key (with
+        its line), not a mapping, or yte templating (``__use_yte__``), which is refused: a
+        config is data and is read without running any of it.
+    """
     path = Path(path)
     problem = input_problem(path)  # a FIFO would block read_text() forever
     if problem is not None:
         problems = [f"the config file {problem}; expected a YAML file"]
         raise ScfmConfigError(problems, source=str(path))
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = _safe_load(path.read_text(), str(path))
     except yaml.YAMLError as exc:
-        raise ScfmConfigError([f"not valid YAML: {exc}"], source=str(path)) from exc
+        raise ScfmConfigError([f"not valid YAML: {exc}"], source=str(path)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScfmConfigError([f"cannot be read: {exc}"], source=str(path)) from None
     if not isinstance(raw, dict):
         raise ScfmConfigError(["expected a mapping at the top level"], source=str(path))
+    if YTE_KEY in raw:
+        raise ScfmConfigError(
+            [
+                f"{YTE_KEY}: yte templating is not supported (it evaluates '?'-expressions as "
+                "Python); expected plain YAML: write the values out, or generate the file with "
+                "a script of your own and pass its output"
+            ],
+            source=str(path),
+        )
+    return raw
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file (:func:`read_config_file`) and validate it."""
+    raw = read_config_file(path)
     try:
         return validate_config(raw)
     except ScfmConfigError as exc:
         raise ScfmConfigError(exc.problems, source=str(path)) from None
+
+
+def merge_config(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update`` merged in: mappings key by key, anything else replaced.
+
+    The rule Snakemake applies to ``--configfile`` files and ``--config`` values.
+    """
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_config(out[key], value)
+        else:
+            out[key] = copy.deepcopy(dict(value) if isinstance(value, Mapping) else value)
+    return out
+
+
+def _branches(node: Any, root: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``node`` and every schema it may combine with: $ref, allOf/anyOf/oneOf, if-then-else."""
+    if not isinstance(node, dict):
+        return []
+    out = [node]
+    if "$ref" in node:
+        target: Any = root
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        out += _branches(target, root)
+    for word in ("allOf", "anyOf", "oneOf"):
+        for sub in node.get(word, []):
+            out += _branches(sub, root)
+    for word in ("then", "else"):
+        out += _branches(node.get(word), root)
+    return out
+
+
+def _subschemas(schemas: list[Any], key: str, root: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The schemas that may apply to ``instance[key]`` of a mapping validated by ``schemas``."""
+    out: list[dict[str, Any]] = []
+    for sub in (b for node in schemas for b in _branches(node, root)):
+        props = sub.get("properties", {})
+        matched = [v for p, v in sub.get("patternProperties", {}).items() if re.search(p, key)]
+        if key in props:
+            out.append(props[key])
+        out += matched
+        extra = sub.get("additionalProperties")
+        if key not in props and not matched and isinstance(extra, dict):
+            out.append(extra)
+    return out
+
+
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "null": (type(None),),
+    "array": (list,),
+    "object": (dict,),
+}
+
+
+def _allowed_types(schemas: list[Any], root: Mapping[str, Any]) -> set[str]:
+    found: set[str] = set()
+    for sub in (b for node in schemas for b in _branches(node, root)):
+        kind = sub.get("type")
+        found |= set(kind) if isinstance(kind, list) else {kind} if kind else set()
+        for value in [*sub.get("enum", []), *([sub["const"]] if "const" in sub else [])]:
+            found.add("string" if isinstance(value, str) else "other")
+    return found
+
+
+def _fits(value: Any, types: set[str]) -> bool:
+    if isinstance(value, bool):
+        return "boolean" in types
+    return any(isinstance(value, _JSON_TYPES[t]) for t in types if t in _JSON_TYPES)
+
+
+def coerce_overrides(
+    overrides: Mapping[str, Any], schema: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """``--config`` values with strings turned into the types the schema expects there.
+
+    Snakemake parses ``--config key=value`` with int, float, bool and then YAML's BaseLoader,
+    which keeps every value inside a mapping or list a string: ``io={chunk_cells: 5000}`` arrives
+    as ``{"chunk_cells": "5000"}``. A string at a key whose schema allows no string is read as
+    YAML (safely) and kept when the result has an allowed type; otherwise it stays a string, and
+    validation reports the key and the type expected.
+    """
+    schema = schema if schema is not None else load_schema()
+    return _coerce(dict(overrides), [schema], schema)
+
+
+def _coerce(value: Any, schemas: list[Any], root: Mapping[str, Any]) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _coerce(v, _subschemas(schemas, str(k), root), root) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        items = [b["items"] for node in schemas for b in _branches(node, root) if "items" in b]
+        return [_coerce(v, items, root) for v in value]
+    if not isinstance(value, str):
+        return value
+    types = _allowed_types(schemas, root)
+    if not types or "string" in types:
+        return value
+    try:
+        parsed = _safe_load(value)
+    except yaml.YAMLError:
+        return value
+    return parsed if _fits(parsed, types) else value
+
+
+#: The config file the workflow reads when none is given on the command line (relative to the
+#: working directory, i.e. `--directory`).
+DEFAULT_CONFIG = Path("config") / "config.yaml"
+
+
+def workflow_config(
+    configfiles: Sequence[str | Path],
+    overrides: Mapping[str, Any],
+    *,
+    default: str | Path = DEFAULT_CONFIG,
+    schema: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The raw (not yet validated) config of a workflow run, read with :func:`read_config_file`.
+
+    ``configfiles`` (``--configfile``, merged in order) replace the default config file
+    entirely; without them ``default`` is read. ``overrides`` (``--config``, coerced through the
+    schema's types by :func:`coerce_overrides`) are merged on top of either.
+    """
+    files = [Path(f) for f in configfiles]
+    if not files:
+        if not Path(default).exists():
+            raise ScfmConfigError(
+                [
+                    f"no config file: {default} not found in the working directory "
+                    f"{Path.cwd()}; expected --configfile <your config.yaml> (or that file)"
+                ]
+            )
+        files = [Path(default)]
+    config: dict[str, Any] = {}
+    for path in files:
+        try:
+            config = merge_config(config, read_config_file(path))
+        except ScfmConfigError as exc:
+            if configfiles and any(p.startswith(YTE_KEY) for p in exc.problems):
+                note = (
+                    "note: `snakemake --configfile` has already evaluated this file's "
+                    "'?'-expressions (Snakemake reads --configfile with yte before the workflow "
+                    "starts); check a config with `scfm validate-config FILE` before running it"
+                )
+                raise ScfmConfigError([*exc.problems, note], source=str(path)) from None
+            raise
+    return merge_config(config, coerce_overrides(overrides, schema))
