@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import copy
 import difflib
+import importlib.util
 import os
 import re
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -132,11 +134,19 @@ def _describe(error: jsonschema.ValidationError) -> Iterator[str]:
         return
     if isinstance(error.schema, dict) and error.schema.get("x-name"):
         # a name: a mapping key (propertyNames) or a reference to one (e.g. runs.<r>.corpus)
-        yield (
-            f"{where}: invalid name {error.instance!r}; expected 1 to "
-            f"{error.schema['maxLength']} letters, digits, '_', '.' or '-' (no newline), and "
-            "not '.' or '..' (the name becomes a file name and a wildcard)"
-        )
+        if error.validator == "maxLength":
+            expected = (
+                f"at most {error.validator_value} characters (names become parts of file names, "
+                "which have at most 255 bytes)"
+            )
+        elif error.validator == "minLength":
+            expected = "at least one character"
+        else:
+            expected = (
+                "letters, digits, '_', '.' or '-' only, and not '.' or '..' (the name becomes a "
+                "file path and a wildcard)"
+            )
+        yield f"{where}: invalid name {error.instance!r}; expected {expected}"
         return
     if "propertyNames" in error.absolute_schema_path:
         yield f"{where}: invalid key {error.instance!r}; expected one of: " + ", ".join(
@@ -188,6 +198,8 @@ def validate_config(
                 if line not in problems:
                     problems.append(line)
     problems += [p for p in _cross_references(instance) if p not in problems]
+    if not problems:  # these need a config of the right shape
+        problems += training_problems(instance)
     if problems:
         raise ScfmConfigError(problems)
     _fill_registry_sources(instance)
@@ -278,9 +290,11 @@ def _cross_references(config: Mapping[str, Any]) -> list[str]:
             if ds not in (corpus.get("datasets") or []):
                 problems.append(f"corpora.{name}.filters.{ds}: not a dataset of this corpus")
         split = corpus.get("split") or {}
-        if split.get("val", 0) + split.get("test", 0) > 1:
+        held_out = split.get("val", 0) + split.get("test", 0)
+        if held_out >= 1:  # scfm.shard.corpus.assign_splits: train is u >= val + test, u < 1
             problems.append(
-                f"corpora.{name}.split: val + test = {split['val'] + split['test']}; expected <= 1"
+                f"corpora.{name}.split: val + test = {held_out} leaves no training cells; "
+                "expected val + test < 1"
             )
         vocab = corpus.get("vocab") or {}
         if vocab.get("policy") == "file" and not vocab.get("genes_file"):
@@ -687,3 +701,147 @@ def workflow_config(
                 raise ScfmConfigError([*exc.problems, note], source=str(path)) from None
             raise
     return merge_config(config, coerce_overrides(overrides, schema))
+
+
+# --------------------------------------------------------------------------- training checks
+# What the trainer, the model and the objectives would refuse inside the `train` job, hours of
+# data work later, checked here from the config alone with the key path. The run and model
+# checks are theirs (RunConfig.from_dict, ModelConfig.from_dict, called below); what needs
+# torch to ask (the objectives' heads) is mirrored in the tables below, which
+# tests/test_config.py checks against scfm.models.heads.
+
+#: The value kind of each tokenizer kind, and its number of value tokens (mirrors
+#: scfm.tokenize.tokenizers.TokenizerConfig.value_kind / n_value_tokens, which import numba).
+TOKEN_VALUES: dict[str, tuple[str, str | int | None]] = {
+    "binned": ("bin", "n_bins"),
+    "counts": ("count", "vocab_size"),
+    "continuous": ("float", None),
+    "rank": ("none", None),
+    "binary": ("bin", 2),
+}
+#: Objective -> value kinds it is defined for (scfm.models.heads.OBJECTIVES[o].value_kinds).
+OBJECTIVE_VALUE_KINDS: dict[str, tuple[str, ...]] = {
+    "mse": ("bin", "count", "float"),
+    "ce": ("bin", "count", "none"),
+    "ordinal": ("bin", "count"),
+    "contrastive": ("bin", "count", "float", "none"),
+}
+#: Objectives whose loss is computed at masked positions only (they need mask_ratio > 0).
+MASKED_OBJECTIVES = ("mse", "ce", "ordinal")
+#: Parameters an objective takes besides its weight (the keyword arguments of its class).
+OBJECTIVE_PARAMS: dict[str, tuple[str, ...]] = {
+    "mse": (),
+    "ce": (),
+    "ordinal": (),
+    "contrastive": ("temperature", "keep", "proj_dim"),
+}
+#: Bytes per parameter that training holds at least: fp32 weights, gradients and AdamW's two
+#: moments (activations, the gene embedding and the heads come on top).
+TRAIN_BYTES_PER_PARAM = 16
+#: The most memory one training process can have: every GPU process holds a full copy of the
+#: model and optimizer (DDP), and the largest single GPU sold has 288 GB (NVIDIA B300).
+MAX_PROCESS_BYTES = 288 * 10**9
+# A vocabulary size for the model checks: the real one comes from the corpus (its manifest);
+# any size works for the checks that do not involve it.
+_ANY_VOCAB = 2**31 - 1
+
+
+def _light_import(name: str) -> Any:
+    """Module ``name`` of scfm, without running its package's ``__init__``.
+
+    ``scfm.train`` and ``scfm.models`` import torch in their ``__init__`` (2-4 s here on a
+    loaded machine), while their ``config`` modules need only ``scfm.errors``; validation runs
+    at the start of every Snakemake process (each job too), so it loads just the file.
+    """
+    if name in sys.modules:
+        return sys.modules[name]
+    private = f"_scfm_config_checks.{name}"
+    if private not in sys.modules:
+        path = Path(__file__).resolve().parent.joinpath(*name.split(".")[1:]).with_suffix(".py")
+        spec = importlib.util.spec_from_file_location(private, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[private] = module  # dataclasses look their module up while being built
+        spec.loader.exec_module(module)
+    return sys.modules[private]
+
+
+def training_problems(config: Mapping[str, Any]) -> list[str]:
+    """Runs, models and objectives that the `train` job would refuse, with key paths.
+
+    Expects a config that passed the schema (:func:`validate_config` calls it then).
+    """
+    run_cls = _light_import("scfm.train.config").RunConfig
+    model_cls = _light_import("scfm.models.config").ModelConfig
+    problems: list[str] = []
+    said: set[str] = set()
+    for name, block in (config.get("runs") or {}).items():
+        where = f"runs.{name}"
+        try:
+            run = run_cls.from_dict(copy.deepcopy(block), source=where)
+        except ScfmConfigError as exc:
+            problems += [f"{where}.{p}" for p in exc.problems]
+            continue
+        tok = config["tokenizers"][block["tokenizer"]]
+        value_kind, n_tokens = TOKEN_VALUES[tok["kind"]]
+        n_value_tokens = tok[n_tokens] if isinstance(n_tokens, str) else n_tokens
+        masked = []
+        for objective in run.objectives:
+            key = f"{where}.objectives.{objective.name}"
+            if value_kind not in OBJECTIVE_VALUE_KINDS[objective.name]:
+                fits = [o for o, kinds in OBJECTIVE_VALUE_KINDS.items() if value_kind in kinds]
+                problems.append(
+                    f"{key}: not defined for tokenizer {block['tokenizer']!r} (kind "
+                    f"{tok['kind']!r}, value kind {value_kind!r}); expected one of: "
+                    f"{', '.join(fits)}"
+                )
+            allowed = OBJECTIVE_PARAMS[objective.name]
+            for param in (p for p in objective.params if p not in allowed):
+                problems.append(
+                    f"{key}.{param}: unknown parameter; expected weight"
+                    + (f" or one of: {', '.join(allowed)}" if allowed else " only")
+                )
+            if objective.name in MASKED_OBJECTIVES and objective.weight > 0:
+                masked.append(objective.name)
+        if masked and run.mask_ratio == 0:
+            problems.append(
+                f"{where}.mask_ratio: 0 masks no position, but {', '.join(masked)} "
+                "learn(s) from masked positions only; expected mask_ratio > 0 (or only "
+                "contrastive)"
+            )
+        model_where = f"models.{block['model']}"
+        try:
+            model = model_cls.from_dict(
+                dict(config["models"][block["model"]]),
+                vocab_size=_ANY_VOCAB,
+                value_kind=value_kind,
+                n_value_tokens=n_value_tokens,
+                max_len=run.loader.get("max_len") or tok["max_len"] + 1,
+            )
+        except ScfmConfigError as exc:
+            for problem in exc.problems:  # a model several runs use: reported once
+                if f"{model_where}.{problem}" not in said:
+                    said.add(f"{model_where}.{problem}")
+                    problems.append(f"{model_where}.{problem} (as {where} uses it)")
+            continue
+        need = _transformer_params(model) * TRAIN_BYTES_PER_PARAM
+        if need > MAX_PROCESS_BYTES and model_where not in said:
+            said.add(model_where)
+            problems.append(
+                f"{model_where}: cannot fit in memory: training it needs at least "
+                f"{need / 1e9:,.0f} GB per process ({TRAIN_BYTES_PER_PARAM} bytes per parameter "
+                "for weights, gradients and AdamW state, before activations and the gene "
+                f"embedding), more than the largest single GPU ({MAX_PROCESS_BYTES / 1e9:.0f} "
+                "GB); expected a smaller d_model, d_ff or n_layers"
+            )
+    return problems
+
+
+def _transformer_params(model: Any) -> int:
+    """Parameters of the transformer layers and position table (not the vocabulary's)."""
+    if model.kind != "transformer":
+        return 0
+    d, hidden = model.d_model, model.ff_hidden
+    up = 2 * hidden if model.activation == "swiglu" else hidden
+    layer = (3 * d * d + 3 * d) + (d * d + d) + (d * up + up) + (hidden * d + d) + 4 * d
+    return model.n_layers * layer + (model.max_len * d if model.use_positional else 0)
