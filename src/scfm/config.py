@@ -337,6 +337,7 @@ def _cross_references(config: Mapping[str, Any]) -> list[str]:
                 f"{run.get('tokenizer')!r}; add it to corpora.{run.get('corpus')}.{key}"
             )
     problems += _benchmark_references(config)
+    problems += _reserved_name_problems(config)
     problems += _local_path_kinds(config)
     for name, tok in tokenizers.items():
         if (
@@ -403,6 +404,56 @@ def _local_path_kinds(config: Mapping[str, Any]) -> list[str]:
 
 #: Methods every evaluation set can name besides the trained runs (see scfm.bench.baselines).
 BASELINES = ("pca", "hvg", "scvi", "random", "lsi")
+
+_BENCH = "results/bench/<evalset>/"
+#: Wildcard -> names the pipeline's own files (or directories) take in a directory where that
+#: wildcard is a file or directory name (a tokenizer called vocab.tsv would be the directory
+#: results/corpus/<corpus>/vocab.tsv/ beside the file of that name). From the rules' output
+#: paths; tests/pipeline/test_config_entry.py derives the table from them and compares.
+RESERVED_NAMES: dict[str, dict[str, str]] = {
+    "dataset": {"peaks": "results/atac/peaks/"},
+    "tokenizer": {n: f"results/corpus/<corpus>/{n}" for n in ("gene_stats.tsv", "vocab.tsv")},
+    "run": {n: f"results/train/{n}" for n in ("summary.tsv", "vs_trivial.png")},
+    "evalset": {"summary.tsv": "results/bench/summary.tsv"},
+    "method": {  # runs are methods too: results/train/<method>/model.pt
+        **{n: f"results/train/{n}" for n in ("summary.tsv", "vs_trivial.png")},
+        **{
+            n: _BENCH + n
+            for n in (
+                "data.h5ad",
+                "leakage.tsv",
+                "results_table.png",
+                "scgraph_reference.tsv",
+                "summary.tsv",
+                "summary.wide.tsv",
+            )
+        },
+    },
+}
+
+
+def _reserved_name_problems(config: Mapping[str, Any]) -> list[str]:
+    """Names under which a config entry's files would collide with the pipeline's own files."""
+    places: list[tuple[str, str, Any]] = [
+        ("dataset", "datasets", config.get("datasets")),
+        ("tokenizer", "tokenizers", config.get("tokenizers")),
+        ("run", "runs", config.get("runs")),
+        ("method", "runs", config.get("runs")),
+        ("evalset", "benchmarks", config.get("benchmarks")),
+    ]
+    for name, bench in (config.get("benchmarks") or {}).items():
+        if isinstance(bench, dict):
+            places.append(("method", f"benchmarks.{name}.external", bench.get("external")))
+    problems = []
+    for wildcard, key, block in places:
+        for name in block or {}:
+            taken = RESERVED_NAMES[wildcard].get(name)
+            if taken and not any(p.startswith(f"{key}.{name}:") for p in problems):
+                problems.append(
+                    f"{key}.{name}: the name is taken by the pipeline's own {taken}; expected "
+                    "another name"
+                )
+    return problems
 
 
 def _benchmark_references(config: Mapping[str, Any]) -> list[str]:
