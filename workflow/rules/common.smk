@@ -6,7 +6,7 @@ from urllib.parse import urlsplit
 from snakemake.logging import logger
 
 from scfm.config import corpus_tokenizers as _corpus_tokenizers
-from scfm.config import load_schema, validate_config, workflow_config
+from scfm.config import DEFAULT_CONFIG, load_schema, validate_config, workflow_config
 from scfm.paths import check_writable_dirs
 
 # The config is read here, by scfm's safe loader, not by a `configfile:` directive: the
@@ -16,8 +16,14 @@ from scfm.paths import check_writable_dirs
 _SCHEMA = load_schema()
 if not workflow.modifier.skip_configfile:
     config = workflow_config(
-        workflow.config_settings.configfiles, workflow.config_settings.config, schema=_SCHEMA
+        workflow.config_settings.configfiles,
+        workflow.config_settings.config,
+        schema=_SCHEMA,
     )
+    if (
+        not workflow.config_settings.configfiles
+    ):  # listed in the report and source archive
+        workflow.configfiles.append(str(DEFAULT_CONFIG))
 # Validate once at start-up, before any job: unknown keys, wrong types and unknown sources stop
 # the run with the key path and what was expected. Defaults are filled from the schema.
 config = validate_config(config, schema=_SCHEMA)
