@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from scfm.config import RESERVED_NAMES, load_schema
@@ -52,6 +53,7 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_configfile_replaces_the_default_and_nested_config_is_coerced(tmp_path):
     mine = write(tmp_path / "my.yaml", yaml.safe_dump(MINE))
     # before: the demo's datasets, runs and benchmarks were scheduled beside the lab's dataset,
@@ -63,6 +65,7 @@ def test_configfile_replaces_the_default_and_nested_config_is_coerced(tmp_path):
     assert "io.chunk_cells: 'many' is not of type 'integer'" in wrong
 
 
+@pytest.mark.slow
 def test_default_config_gets_config_overrides_and_startup_checks():
     # no --configfile: config/config.yaml, with the nested override merged into its run
     proc = failure(snakemake("--config", "runs={demo_tiny: {mask_ratio: 0}}"))
@@ -72,6 +75,7 @@ def test_default_config_gets_config_overrides_and_startup_checks():
     ) in proc
 
 
+@pytest.mark.slow
 def test_without_any_config_file_the_error_says_what_to_pass(tmp_path):
     proc = failure(
         snakemake("-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), cwd=tmp_path)
@@ -80,6 +84,7 @@ def test_without_any_config_file_the_error_says_what_to_pass(tmp_path):
     assert "expected --configfile <your config.yaml>" in proc
 
 
+@pytest.mark.slow
 def test_duplicate_key_is_an_error_naming_key_line_and_file(tmp_path):
     text = "datasets:\n  mine: {source: demo, demo: simulated}\nio:\n  chunk_cells: 5\n"
     dup = write(tmp_path / "dup.yaml", text + "  chunk_cells: 6\n")
@@ -88,6 +93,7 @@ def test_duplicate_key_is_an_error_naming_key_line_and_file(tmp_path):
     assert f'in "{dup}", line 5' in proc
 
 
+@pytest.mark.slow
 def test_yte_config_is_refused_but_snakemake_has_already_run_it(tmp_path):
     """Snakemake's CLI reads --configfile with yte (snakemake.settings.types.ConfigSettings ->
     common.configfile.load_configfile -> yte.process_yaml) before the Snakefile is parsed, so
@@ -111,6 +117,7 @@ def test_yte_config_is_refused_but_snakemake_has_already_run_it(tmp_path):
     assert marker.exists()  # the documented limitation (docs/config.md, docs/security.md)
 
 
+@pytest.mark.slow
 def test_reserved_and_long_names_stop_the_run_naming_the_key(tmp_path):
     config = {
         "datasets": {
@@ -129,14 +136,22 @@ def test_reserved_and_long_names_stop_the_run_naming_the_key(tmp_path):
     assert f"datasets: invalid name '{'d' * 81}'; expected at most 80 characters" in proc
 
 
-def test_module_given_config_uses_it_not_the_default(tmp_path):
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "read",
+    [
+        'configfile: "lab.yaml"',
+        'from scfm.config import read_config_file\n\nconfig = read_config_file("lab.yaml")',
+    ],
+    ids=["configfile", "read_config_file"],
+)
+def test_module_given_config_uses_it_not_the_default(tmp_path, read):
     """A lab's Snakefile that reads its own config and hands it to the module."""
     write(tmp_path / "lab.yaml", yaml.safe_dump(MINE))
-    write(
-        tmp_path / "Snakefile",
-        f'configfile: "lab.yaml"\n\n\nmodule scfm:\n    snakefile:\n        "{REPO / "Snakefile"}"'
-        "\n    config:\n        config\n\n\nuse rule * from scfm\n",
+    module = (
+        f'module scfm:\n    snakefile:\n        "{REPO / "Snakefile"}"\n    config:\n        config'
     )
+    write(tmp_path / "Snakefile", f"{read}\n\n\n{module}\n\n\nuse rule * from scfm\n")
     jobs = job_counts(snakemake(cwd=tmp_path))
     assert jobs == {"download": 1, "standardize": 1, "qc": 1, "all": 1, "total": 4}
 
