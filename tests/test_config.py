@@ -442,8 +442,23 @@ def test_mirrored_tables_agree_with_the_objectives_tokenizers_and_model():
         assert config.OBJECTIVE_PARAMS[name] == tuple(params), name
         masked = "_masked_states(" in inspect.getsource(cls.forward)
         assert (name in config.MASKED_OBJECTIVES) == masked, name
-    kinds = config.load_schema()["$defs"]["tokenizer"]["properties"]["kind"]["enum"]
+    tokenizer = config.load_schema()["$defs"]["tokenizer"]["properties"]
+    kinds = tokenizer["kind"]["enum"]
     assert set(config.TOKEN_VALUES) == set(kinds)
+    for kind in kinds:
+        for genes in tokenizer["genes"]["enum"]:
+            try:
+                TokenizerConfig(kind=kind, genes=genes)
+                refused = False
+            except ValueError as exc:
+                refused = "genes:" in str(exc)
+            problems = config._cross_references(
+                {"tokenizers": {"t": {"kind": kind, "genes": genes}}}
+            )
+            assert refused == any(p.startswith("tokenizers.t.genes:") for p in problems), (
+                kind,
+                genes,
+            )
     for kind, (value_kind, n_tokens) in config.TOKEN_VALUES.items():
         tok = TokenizerConfig(kind=kind, n_bins=7, vocab_size=9)
         expected = getattr(tok, n_tokens) if isinstance(n_tokens, str) else n_tokens

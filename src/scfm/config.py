@@ -340,16 +340,18 @@ def _cross_references(config: Mapping[str, Any]) -> list[str]:
     problems += _reserved_name_problems(config)
     problems += _local_path_kinds(config)
     for name, tok in tokenizers.items():
-        if (
-            isinstance(tok, dict)
-            and tok.get("kind") == "rank"
-            and tok.get("genes", "nonzero") != "nonzero"
-        ):
-            problems.append(
-                f"tokenizers.{name}.genes: rank encoding orders the expressed genes; "
-                "expected 'nonzero'"
-            )
+        why = NONZERO_GENES_ONLY.get(tok.get("kind")) if isinstance(tok, dict) else None
+        if why and tok.get("genes", "nonzero") != "nonzero":
+            problems.append(f"tokenizers.{name}.genes: {why}; expected 'nonzero'")
     return problems
+
+
+#: Tokenizer kinds that take a cell's expressed (accessible) genes only, i.e. `genes: nonzero`
+#: (mirrors scfm.tokenize.tokenizers.TokenizerConfig; tests/test_config.py compares the two).
+NONZERO_GENES_ONLY = {
+    "rank": "rank encoding orders the expressed genes",
+    "binary": "binary takes the accessible features",
+}
 
 
 def _local_path_kinds(config: Mapping[str, Any]) -> list[str]:
