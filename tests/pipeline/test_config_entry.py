@@ -68,7 +68,10 @@ def test_configfile_replaces_the_default_and_nested_config_is_coerced(tmp_path):
 @pytest.mark.slow
 def test_default_config_gets_config_overrides_and_startup_checks():
     # no --configfile: config/config.yaml, with the nested override merged into its run
-    proc = failure(snakemake("--config", "runs={demo_tiny: {mask_ratio: 0}}"))
+    proc = failure(
+        snakemake("--config", "runs={demo_tiny: {mask_ratio: 0}}", "models={tiny: {d_model: 66}}")
+    )
+    assert "models.tiny.d_model: 66 is not divisible by n_heads (as runs.demo_tiny uses it)" in proc
     assert (
         "runs.demo_tiny.mask_ratio: 0 masks no position, but ordinal learn(s) from masked "
         "positions only; expected mask_ratio > 0 (or only contrastive)"
