@@ -323,10 +323,10 @@ def test_overrides_are_coerced_through_the_schema_types():
         "runs": {
             "r": {
                 "mask_ratio": "0.3",
+                "optimizer": {"lr": "1e-4", "eps": "nan", "betas": ["0.9", "0.99"]},
                 "max_steps": "4",
                 "clip_norm": "null",
                 "compile": "true",
-                "optimizer": {"betas": ["0.9", "0.99"]},
             }
         },
         "datasets": {"a": {"source": "demo", "demo": "pbmc68k", "obs_values": {"batch": "5"}}},
@@ -336,10 +336,10 @@ def test_overrides_are_coerced_through_the_schema_types():
     assert out["io"] == {"chunk_cells": 5000, "compression": "gzip"}
     assert out["runs"]["r"] == {
         "mask_ratio": 0.3,
+        "optimizer": {"lr": 1e-4, "eps": "nan", "betas": [0.9, 0.99]},
         "max_steps": 4,
         "clip_norm": None,
         "compile": True,
-        "optimizer": {"betas": [0.9, 0.99]},
     }
     assert out["datasets"]["a"]["obs_values"] == {"batch": "5"}  # a string is allowed there
     assert out["benchmarks"]["e"]["seed"] == 3

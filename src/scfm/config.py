@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import difflib
 import importlib.util
+import math
 import os
 import re
 import sys
@@ -709,6 +710,11 @@ def _coerce(value: Any, schemas: list[Any], root: Mapping[str, Any]) -> Any:
         parsed = _safe_load(value)
     except yaml.YAMLError:
         return value
+    if isinstance(parsed, str) and "number" in types:  # YAML 1.1 reads 1e-5 as a string
+        try:
+            parsed = float(value) if math.isfinite(float(value)) else value
+        except ValueError:
+            return value
     return parsed if _fits(parsed, types) else value
 
 
