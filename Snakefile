@@ -1,8 +1,7 @@
 # scfm: public single-cell data -> pretraining corpora -> foundation models -> benchmarks.
 # This file is the table of contents; the work happens in src/scfm (see docs/architecture.md).
-
-
-configfile: "config/config.yaml"
+# The config: config/config.yaml, or only the --configfile files when given (read and validated
+# at the top of workflow/rules/common.smk; docs/config.md).
 
 
 include: "workflow/rules/common.smk"

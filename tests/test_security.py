@@ -372,7 +372,18 @@ def test_checkpoint_with_pickled_code_is_refused(
 
 # --------------------------------------------------------------------------- (c) names, paths
 
-BAD_NAMES = ["..", ".", "a/b", "/etc", "../up", "a b", "a;b", "$(touch pwned)", "`id`", "a'b"]
+BAD_NAMES = [
+    *["..", ".", "a/b", "/etc", "../up", "a b", "a;b", "$(touch pwned)", "`id`", "a'b"],
+    *["a\n", "\n", "a\nb"],  # a `$` anchor matches before a trailing newline
+]
+NAME_PROBLEM = (
+    "invalid name {!r}; expected letters, digits, '_', '.' or '-' only, and not '.' or '..' (the "
+    "name becomes a file path and a wildcard)"
+)
+LONG_PROBLEM = (
+    "invalid name {!r}; expected at most 80 characters (names become parts of file names, which "
+    "have at most 255 bytes)"
+)
 SECTIONS = ["datasets", "references", "corpora", "tokenizers", "models", "runs", "benchmarks"]
 
 
@@ -383,15 +394,12 @@ def test_bad_names_are_rejected_naming_the_key(bad: str) -> None:
         cfg.setdefault(section, {})[bad] = {}
     with pytest.raises(ScfmConfigError) as info:
         validate_config(cfg)
-    expected = (
-        f"invalid name {bad!r}; expected letters, digits, '_', '.' or '-' only, and not '.' "
-        "or '..' (the name becomes a file path and a wildcard)"
-    )
+    expected = NAME_PROBLEM.format(bad)
     for section in SECTIONS:
         assert f"{section}: {expected}" in info.value.problems, section
 
 
-@pytest.mark.parametrize("bad", ["..", "/abs/path", "a b", "x;rm -rf", "$(touch pwned)"])
+@pytest.mark.parametrize("bad", ["..", "/abs/path", "a b", "x;rm -rf", "$(touch pwned)", "c\n"])
 def test_bad_name_references_are_rejected_naming_the_key(bad: str) -> None:
     cfg = {
         "datasets": {"d": {"source": "demo", "demo": "simulated"}},
@@ -406,14 +414,28 @@ def test_bad_name_references_are_rejected_naming_the_key(bad: str) -> None:
     keys = {p.split(":")[0] for p in info.value.problems}
     wanted = {"corpora.c.datasets[0]", "runs.r.corpus", "benchmarks.e.dataset"}
     assert wanted | {"benchmarks.e.methods[1]"} <= keys, info.value.problems
-    pattern = r"^(?!\.\.?$)[A-Za-z0-9_.-]+$"
     for key in wanted:
-        assert f"{key}: {bad!r} does not match {pattern!r}" in info.value.problems
+        assert f"{key}: {NAME_PROBLEM.format(bad)}" in info.value.problems
+
+
+def test_names_too_long_for_a_file_name_are_rejected_naming_the_key() -> None:
+    long = "x" * 81
+    cfg: dict[str, Any] = {"datasets": {"ok": {"source": "demo", "demo": "simulated"}}}
+    for section in SECTIONS:
+        cfg.setdefault(section, {})[long] = {}
+    cfg["benchmarks"]["e"] = {"dataset": "ok", "methods": ["pca", long]}
+    with pytest.raises(ScfmConfigError) as info:
+        validate_config(cfg)
+    for key in [*SECTIONS, "benchmarks.e.methods[1]"]:
+        assert f"{key}: {LONG_PROBLEM.format(long)}" in info.value.problems, key
+    with pytest.raises(ScfmConfigError, match=r"datasets: invalid name ''; expected at least one"):
+        validate_config({"datasets": {"": {"source": "demo", "demo": "simulated"}}})
 
 
 def test_good_names_still_pass() -> None:
-    cfg = validate_config({"datasets": {"pbmc.v2-x_1": {"source": "demo", "demo": "simulated"}}})
-    assert list(cfg["datasets"]) == ["pbmc.v2-x_1"]
+    names = ["pbmc.v2-x_1", "z" * 80]
+    cfg = validate_config({"datasets": {n: {"source": "demo", "demo": "simulated"} for n in names}})
+    assert list(cfg["datasets"]) == names
 
 
 def _small_h5ad(path: Path) -> Path:

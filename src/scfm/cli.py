@@ -13,19 +13,23 @@ from scfm.registry._collect import KINDS
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from scfm.config import load_config
+    from scfm.config import load_config, validate_config, workflow_config
 
+    # the loader the workflow uses: safe YAML, duplicate keys and yte templates refused; several
+    # files are merged in order, as `snakemake --configfile a.yaml b.yaml` merges them
     try:
-        cfg = load_config(args.config)
+        if len(args.config) == 1:
+            cfg = load_config(args.config[0])
+        else:
+            cfg = validate_config(workflow_config(args.config, {}))
     except ScfmConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    names = " + ".join(args.config)
     if args.resolved:
         print(yaml.safe_dump(cfg, sort_keys=False), end="")
     else:
-        print(
-            f"{args.config}: valid ({len(cfg['datasets'])} datasets, {len(cfg['corpora'])} corpora)"
-        )
+        print(f"{names}: valid ({len(cfg['datasets'])} datasets, {len(cfg['corpora'])} corpora)")
     return 0
 
 
@@ -143,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"scfm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("validate-config", help="check a config file against the schema")
-    p.add_argument("config", help="path to a config YAML")
+    p.add_argument("config", nargs="+", help="config YAML file(s); several are merged in order")
     p.add_argument(
         "--resolved", action="store_true", help="print the config with every default filled in"
     )

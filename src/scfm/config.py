@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import copy
 import difflib
+import importlib.util
+import math
 import os
 import re
-from collections.abc import Iterator, Mapping
+import sys
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -130,16 +133,26 @@ def _describe(error: jsonschema.ValidationError) -> Iterator[str]:
             full = f"{where}.{key}" if error.absolute_path else key
             yield f"{full}: unknown key{extra}; expected one of: {', '.join(allowed)}"
         return
-    if "propertyNames" in error.absolute_schema_path:
-        if "pattern" in error.schema:
-            yield (
-                f"{where}: invalid name {error.instance!r}; expected letters, digits, '_', '.' "
-                "or '-' only, and not '.' or '..' (the name becomes a file path and a wildcard)"
+    if isinstance(error.schema, dict) and error.schema.get("x-name"):
+        # a name: a mapping key (propertyNames) or a reference to one (e.g. runs.<r>.corpus)
+        if error.validator == "maxLength":
+            expected = (
+                f"at most {error.validator_value} characters (names become parts of file names, "
+                "which have at most 255 bytes)"
             )
+        elif error.validator == "minLength":
+            expected = "at least one character"
         else:
-            yield f"{where}: invalid key {error.instance!r}; expected one of: " + ", ".join(
-                map(str, error.schema.get("enum", []))
+            expected = (
+                "letters, digits, '_', '.' or '-' only, and not '.' or '..' (the name becomes a "
+                "file path and a wildcard)"
             )
+        yield f"{where}: invalid name {error.instance!r}; expected {expected}"
+        return
+    if "propertyNames" in error.absolute_schema_path:
+        yield f"{where}: invalid key {error.instance!r}; expected one of: " + ", ".join(
+            map(str, error.schema.get("enum", []))
+        )
         return
     if error.validator == "enum":
         yield f"{where}: {error.instance!r} is not allowed; expected one of: " + ", ".join(
@@ -186,6 +199,8 @@ def validate_config(
                 if line not in problems:
                     problems.append(line)
     problems += [p for p in _cross_references(instance) if p not in problems]
+    if not problems:  # these need a config of the right shape
+        problems += training_problems(instance)
     if problems:
         raise ScfmConfigError(problems)
     _fill_registry_sources(instance)
@@ -276,9 +291,11 @@ def _cross_references(config: Mapping[str, Any]) -> list[str]:
             if ds not in (corpus.get("datasets") or []):
                 problems.append(f"corpora.{name}.filters.{ds}: not a dataset of this corpus")
         split = corpus.get("split") or {}
-        if split.get("val", 0) + split.get("test", 0) > 1:
+        held_out = split.get("val", 0) + split.get("test", 0)
+        if held_out >= 1:  # scfm.shard.corpus.assign_splits: train is u >= val + test, u < 1
             problems.append(
-                f"corpora.{name}.split: val + test = {split['val'] + split['test']}; expected <= 1"
+                f"corpora.{name}.split: val + test = {held_out} leaves no training cells; "
+                "expected val + test < 1"
             )
         vocab = corpus.get("vocab") or {}
         if vocab.get("policy") == "file" and not vocab.get("genes_file"):
@@ -321,18 +338,21 @@ def _cross_references(config: Mapping[str, Any]) -> list[str]:
                 f"{run.get('tokenizer')!r}; add it to corpora.{run.get('corpus')}.{key}"
             )
     problems += _benchmark_references(config)
+    problems += _reserved_name_problems(config)
     problems += _local_path_kinds(config)
     for name, tok in tokenizers.items():
-        if (
-            isinstance(tok, dict)
-            and tok.get("kind") == "rank"
-            and tok.get("genes", "nonzero") != "nonzero"
-        ):
-            problems.append(
-                f"tokenizers.{name}.genes: rank encoding orders the expressed genes; "
-                "expected 'nonzero'"
-            )
+        why = NONZERO_GENES_ONLY.get(tok.get("kind")) if isinstance(tok, dict) else None
+        if why and tok.get("genes", "nonzero") != "nonzero":
+            problems.append(f"tokenizers.{name}.genes: {why}; expected 'nonzero'")
     return problems
+
+
+#: Tokenizer kinds that take a cell's expressed (accessible) genes only, i.e. `genes: nonzero`
+#: (mirrors scfm.tokenize.tokenizers.TokenizerConfig; tests/test_config.py compares the two).
+NONZERO_GENES_ONLY = {
+    "rank": "rank encoding orders the expressed genes",
+    "binary": "binary takes the accessible features",
+}
 
 
 def _local_path_kinds(config: Mapping[str, Any]) -> list[str]:
@@ -387,6 +407,56 @@ def _local_path_kinds(config: Mapping[str, Any]) -> list[str]:
 
 #: Methods every evaluation set can name besides the trained runs (see scfm.bench.baselines).
 BASELINES = ("pca", "hvg", "scvi", "random", "lsi")
+
+_BENCH = "results/bench/<evalset>/"
+#: Wildcard -> names the pipeline's own files (or directories) take in a directory where that
+#: wildcard is a file or directory name (a tokenizer called vocab.tsv would be the directory
+#: results/corpus/<corpus>/vocab.tsv/ beside the file of that name). From the rules' output
+#: paths; tests/pipeline/test_config_entry.py derives the table from them and compares.
+RESERVED_NAMES: dict[str, dict[str, str]] = {
+    "dataset": {"peaks": "results/atac/peaks/"},
+    "tokenizer": {n: f"results/corpus/<corpus>/{n}" for n in ("gene_stats.tsv", "vocab.tsv")},
+    "run": {n: f"results/train/{n}" for n in ("summary.tsv", "vs_trivial.png")},
+    "evalset": {"summary.tsv": "results/bench/summary.tsv"},
+    "method": {  # runs are methods too: results/train/<method>/model.pt
+        **{n: f"results/train/{n}" for n in ("summary.tsv", "vs_trivial.png")},
+        **{
+            n: _BENCH + n
+            for n in (
+                "data.h5ad",
+                "leakage.tsv",
+                "results_table.png",
+                "scgraph_reference.tsv",
+                "summary.tsv",
+                "summary.wide.tsv",
+            )
+        },
+    },
+}
+
+
+def _reserved_name_problems(config: Mapping[str, Any]) -> list[str]:
+    """Names under which a config entry's files would collide with the pipeline's own files."""
+    places: list[tuple[str, str, Any]] = [
+        ("dataset", "datasets", config.get("datasets")),
+        ("tokenizer", "tokenizers", config.get("tokenizers")),
+        ("run", "runs", config.get("runs")),
+        ("method", "runs", config.get("runs")),
+        ("evalset", "benchmarks", config.get("benchmarks")),
+    ]
+    for name, bench in (config.get("benchmarks") or {}).items():
+        if isinstance(bench, dict):
+            places.append(("method", f"benchmarks.{name}.external", bench.get("external")))
+    problems = []
+    for wildcard, key, block in places:
+        for name in block or {}:
+            taken = RESERVED_NAMES[wildcard].get(name)
+            if taken and not any(p.startswith(f"{key}.{name}:") for p in problems):
+                problems.append(
+                    f"{key}.{name}: the name is taken by the pipeline's own {taken}; expected "
+                    "another name"
+                )
+    return problems
 
 
 def _benchmark_references(config: Mapping[str, Any]) -> list[str]:
@@ -449,20 +519,388 @@ def _benchmark_references(config: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def load_config(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file and validate it (see :func:`validate_config`)."""
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses a key given twice in one mapping.
+
+    Plain data only (no tag builds an object, nothing is executed), and no silent last-wins.
+    Keys merged in with ``<<: *anchor`` may be overridden by an explicit key, as YAML intends;
+    a key written twice is the error.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.setdefault(key, line)
+            except TypeError:  # an unhashable key: SafeConstructor reports it below
+                continue
+            if first != line:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first given on line {first}); expected each key "
+                    "once per mapping",
+                    key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+def _safe_load(text: str, name: str = "<string>") -> Any:
+    """``yaml.safe_load`` with :class:`_ConfigLoader` (a SafeLoader: no Python tags)."""
+    loader = _ConfigLoader(text)
+    loader.name = name  # errors say: in "<name>", line N, column M
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+#: The top-level key that asks Snakemake's loader (yte) to evaluate ``?``-expressions as Python.
+YTE_KEY = "__use_yte__"
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML (or JSON) config file, read as data only; not validated.
+
+    Raises
+    ------
+    ScfmConfigError
+        Naming the file: not a readable regular file, not valid YAML, a duplicate key (with
+        its line), not a mapping, or yte templating (``__use_yte__``), which is refused: a
+        config is data and is read without running any of it.
+    """
     path = Path(path)
     problem = input_problem(path)  # a FIFO would block read_text() forever
     if problem is not None:
         problems = [f"the config file {problem}; expected a YAML file"]
         raise ScfmConfigError(problems, source=str(path))
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = _safe_load(path.read_text(), str(path))
     except yaml.YAMLError as exc:
-        raise ScfmConfigError([f"not valid YAML: {exc}"], source=str(path)) from exc
+        raise ScfmConfigError([f"not valid YAML: {exc}"], source=str(path)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScfmConfigError([f"cannot be read: {exc}"], source=str(path)) from None
     if not isinstance(raw, dict):
         raise ScfmConfigError(["expected a mapping at the top level"], source=str(path))
+    if YTE_KEY in raw:
+        raise ScfmConfigError(
+            [
+                f"{YTE_KEY}: yte templating is not supported (it evaluates '?'-expressions as "
+                "Python); expected plain YAML: write the values out, or generate the file with "
+                "a script of your own and pass its output"
+            ],
+            source=str(path),
+        )
+    return raw
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file (:func:`read_config_file`) and validate it."""
+    raw = read_config_file(path)
     try:
         return validate_config(raw)
     except ScfmConfigError as exc:
         raise ScfmConfigError(exc.problems, source=str(path)) from None
+
+
+def merge_config(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update`` merged in: mappings key by key, anything else replaced.
+
+    The rule Snakemake applies to ``--configfile`` files and ``--config`` values.
+    """
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_config(out[key], value)
+        else:
+            out[key] = copy.deepcopy(dict(value) if isinstance(value, Mapping) else value)
+    return out
+
+
+def _branches(node: Any, root: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``node`` and every schema it may combine with: $ref, allOf/anyOf/oneOf, if-then-else."""
+    if not isinstance(node, dict):
+        return []
+    out = [node]
+    if "$ref" in node:
+        target: Any = root
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        out += _branches(target, root)
+    for word in ("allOf", "anyOf", "oneOf"):
+        for sub in node.get(word, []):
+            out += _branches(sub, root)
+    for word in ("then", "else"):
+        out += _branches(node.get(word), root)
+    return out
+
+
+def _subschemas(schemas: list[Any], key: str, root: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The schemas that may apply to ``instance[key]`` of a mapping validated by ``schemas``."""
+    out: list[dict[str, Any]] = []
+    for sub in (b for node in schemas for b in _branches(node, root)):
+        props = sub.get("properties", {})
+        matched = [v for p, v in sub.get("patternProperties", {}).items() if re.search(p, key)]
+        if key in props:
+            out.append(props[key])
+        out += matched
+        extra = sub.get("additionalProperties")
+        if key not in props and not matched and isinstance(extra, dict):
+            out.append(extra)
+    return out
+
+
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "null": (type(None),),
+    "array": (list,),
+    "object": (dict,),
+}
+
+
+def _allowed_types(schemas: list[Any], root: Mapping[str, Any]) -> set[str]:
+    found: set[str] = set()
+    for sub in (b for node in schemas for b in _branches(node, root)):
+        kind = sub.get("type")
+        found |= set(kind) if isinstance(kind, list) else {kind} if kind else set()
+        for value in [*sub.get("enum", []), *([sub["const"]] if "const" in sub else [])]:
+            found.add("string" if isinstance(value, str) else "other")
+    return found
+
+
+def _fits(value: Any, types: set[str]) -> bool:
+    if isinstance(value, bool):
+        return "boolean" in types
+    return any(isinstance(value, _JSON_TYPES[t]) for t in types if t in _JSON_TYPES)
+
+
+def coerce_overrides(
+    overrides: Mapping[str, Any], schema: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """``--config`` values with strings turned into the types the schema expects there.
+
+    Snakemake parses ``--config key=value`` with int, float, bool and then YAML's BaseLoader,
+    which keeps every value inside a mapping or list a string: ``io={chunk_cells: 5000}`` arrives
+    as ``{"chunk_cells": "5000"}``. A string at a key whose schema allows no string is read as
+    YAML (safely) and kept when the result has an allowed type; otherwise it stays a string, and
+    validation reports the key and the type expected.
+    """
+    schema = schema if schema is not None else load_schema()
+    return _coerce(dict(overrides), [schema], schema)
+
+
+def _coerce(value: Any, schemas: list[Any], root: Mapping[str, Any]) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _coerce(v, _subschemas(schemas, str(k), root), root) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        items = [b["items"] for node in schemas for b in _branches(node, root) if "items" in b]
+        return [_coerce(v, items, root) for v in value]
+    if not isinstance(value, str):
+        return value
+    types = _allowed_types(schemas, root)
+    if not types or "string" in types:
+        return value
+    try:
+        parsed = _safe_load(value)
+    except yaml.YAMLError:
+        return value
+    if isinstance(parsed, str) and "number" in types:  # YAML 1.1 reads 1e-5 as a string
+        try:
+            parsed = float(value) if math.isfinite(float(value)) else value
+        except ValueError:
+            return value
+    return parsed if _fits(parsed, types) else value
+
+
+#: The config file the workflow reads when none is given on the command line (relative to the
+#: working directory, i.e. `--directory`).
+DEFAULT_CONFIG = Path("config") / "config.yaml"
+
+
+def workflow_config(
+    configfiles: Sequence[str | Path],
+    overrides: Mapping[str, Any],
+    *,
+    default: str | Path = DEFAULT_CONFIG,
+    schema: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The raw (not yet validated) config of a workflow run, read with :func:`read_config_file`.
+
+    ``configfiles`` (``--configfile``, merged in order) replace the default config file
+    entirely; without them ``default`` is read. ``overrides`` (``--config``, coerced through the
+    schema's types by :func:`coerce_overrides`) are merged on top of either.
+    """
+    files = [Path(f) for f in configfiles]
+    if not files:
+        if not Path(default).exists():
+            raise ScfmConfigError(
+                [
+                    f"no config file: {default} not found in the working directory "
+                    f"{Path.cwd()}; expected --configfile <your config.yaml> (or that file)"
+                ]
+            )
+        files = [Path(default)]
+    config: dict[str, Any] = {}
+    for path in files:
+        try:
+            config = merge_config(config, read_config_file(path))
+        except ScfmConfigError as exc:
+            if configfiles and any(p.startswith(YTE_KEY) for p in exc.problems):
+                note = (
+                    "note: `snakemake --configfile` has already evaluated this file's "
+                    "'?'-expressions (Snakemake reads --configfile with yte before the workflow "
+                    "starts); check a config with `scfm validate-config FILE` before running it"
+                )
+                raise ScfmConfigError([*exc.problems, note], source=str(path)) from None
+            raise
+    return merge_config(config, coerce_overrides(overrides, schema))
+
+
+# --------------------------------------------------------------------------- training checks
+# What the trainer, the model and the objectives would refuse inside the `train` job, hours of
+# data work later, checked here from the config alone with the key path. The run and model
+# checks are theirs (RunConfig.from_dict, ModelConfig.from_dict, called below); what needs
+# torch to ask (the objectives' heads) is mirrored in the tables below, which
+# tests/test_config.py checks against scfm.models.heads.
+
+#: The value kind of each tokenizer kind, and its number of value tokens (mirrors
+#: scfm.tokenize.tokenizers.TokenizerConfig.value_kind / n_value_tokens, which import numba).
+TOKEN_VALUES: dict[str, tuple[str, str | int | None]] = {
+    "binned": ("bin", "n_bins"),
+    "counts": ("count", "vocab_size"),
+    "continuous": ("float", None),
+    "rank": ("none", None),
+    "binary": ("bin", 2),
+}
+#: Objective -> value kinds it is defined for (scfm.models.heads.OBJECTIVES[o].value_kinds).
+OBJECTIVE_VALUE_KINDS: dict[str, tuple[str, ...]] = {
+    "mse": ("bin", "count", "float"),
+    "ce": ("bin", "count", "none"),
+    "ordinal": ("bin", "count"),
+    "contrastive": ("bin", "count", "float", "none"),
+}
+#: Objectives whose loss is computed at masked positions only (they need mask_ratio > 0).
+MASKED_OBJECTIVES = ("mse", "ce", "ordinal")
+#: Parameters an objective takes besides its weight (the keyword arguments of its class).
+OBJECTIVE_PARAMS: dict[str, tuple[str, ...]] = {
+    "mse": (),
+    "ce": (),
+    "ordinal": (),
+    "contrastive": ("temperature", "keep", "proj_dim"),
+}
+#: Bytes per parameter that training holds at least: fp32 weights, gradients and AdamW's two
+#: moments (activations, the gene embedding and the heads come on top).
+TRAIN_BYTES_PER_PARAM = 16
+#: The most memory one training process can have: every GPU process holds a full copy of the
+#: model and optimizer (DDP), and the largest single GPU sold has 288 GB (NVIDIA B300).
+MAX_PROCESS_BYTES = 288 * 10**9
+# A vocabulary size for the model checks: the real one comes from the corpus (its manifest);
+# any size works for the checks that do not involve it.
+_ANY_VOCAB = 2**31 - 1
+
+
+def _light_import(name: str) -> Any:
+    """Module ``name`` of scfm, without running its package's ``__init__``.
+
+    ``scfm.train`` and ``scfm.models`` import torch in their ``__init__`` (2-4 s here on a
+    loaded machine), while their ``config`` modules need only ``scfm.errors``; validation runs
+    at the start of every Snakemake process (each job too), so it loads just the file.
+    """
+    if name in sys.modules:
+        return sys.modules[name]
+    private = f"_scfm_config_checks.{name}"
+    if private not in sys.modules:
+        path = Path(__file__).resolve().parent.joinpath(*name.split(".")[1:]).with_suffix(".py")
+        spec = importlib.util.spec_from_file_location(private, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[private] = module  # dataclasses look their module up while being built
+        spec.loader.exec_module(module)
+    return sys.modules[private]
+
+
+def training_problems(config: Mapping[str, Any]) -> list[str]:
+    """Runs, models and objectives that the `train` job would refuse, with key paths.
+
+    Expects a config that passed the schema (:func:`validate_config` calls it then).
+    """
+    run_cls = _light_import("scfm.train.config").RunConfig
+    model_cls = _light_import("scfm.models.config").ModelConfig
+    problems: list[str] = []
+    said: set[str] = set()
+    for name, block in (config.get("runs") or {}).items():
+        where = f"runs.{name}"
+        try:
+            run = run_cls.from_dict(copy.deepcopy(block), source=where)
+        except ScfmConfigError as exc:
+            problems += [f"{where}.{p}" for p in exc.problems]
+            continue
+        tok = config["tokenizers"][block["tokenizer"]]
+        value_kind, n_tokens = TOKEN_VALUES[tok["kind"]]
+        n_value_tokens = tok[n_tokens] if isinstance(n_tokens, str) else n_tokens
+        masked = []
+        for objective in run.objectives:
+            key = f"{where}.objectives.{objective.name}"
+            if value_kind not in OBJECTIVE_VALUE_KINDS[objective.name]:
+                fits = [o for o, kinds in OBJECTIVE_VALUE_KINDS.items() if value_kind in kinds]
+                problems.append(
+                    f"{key}: not defined for tokenizer {block['tokenizer']!r} (kind "
+                    f"{tok['kind']!r}, value kind {value_kind!r}); expected one of: "
+                    f"{', '.join(fits)}"
+                )
+            allowed = OBJECTIVE_PARAMS[objective.name]
+            for param in (p for p in objective.params if p not in allowed):
+                problems.append(
+                    f"{key}.{param}: unknown parameter; expected weight"
+                    + (f" or one of: {', '.join(allowed)}" if allowed else " only")
+                )
+            if objective.name in MASKED_OBJECTIVES and objective.weight > 0:
+                masked.append(objective.name)
+        if masked and run.mask_ratio == 0:
+            problems.append(
+                f"{where}.mask_ratio: 0 masks no position, but {', '.join(masked)} "
+                "learn(s) from masked positions only; expected mask_ratio > 0 (or only "
+                "contrastive)"
+            )
+        model_where = f"models.{block['model']}"
+        try:
+            model = model_cls.from_dict(
+                dict(config["models"][block["model"]]),
+                vocab_size=_ANY_VOCAB,
+                value_kind=value_kind,
+                n_value_tokens=n_value_tokens,
+                max_len=run.loader.get("max_len") or tok["max_len"] + 1,
+            )
+        except ScfmConfigError as exc:
+            for problem in exc.problems:  # a model several runs use: reported once
+                if f"{model_where}.{problem}" not in said:
+                    said.add(f"{model_where}.{problem}")
+                    problems.append(f"{model_where}.{problem} (as {where} uses it)")
+            continue
+        need = _transformer_params(model) * TRAIN_BYTES_PER_PARAM
+        if need > MAX_PROCESS_BYTES and model_where not in said:
+            said.add(model_where)
+            problems.append(
+                f"{model_where}: cannot fit in memory: training it needs at least "
+                f"{need / 1e9:,.0f} GB per process ({TRAIN_BYTES_PER_PARAM} bytes per parameter "
+                "for weights, gradients and AdamW state, before activations and the gene "
+                f"embedding), more than the largest single GPU ({MAX_PROCESS_BYTES / 1e9:.0f} "
+                "GB); expected a smaller d_model, d_ff or n_layers"
+            )
+    return problems
+
+
+def _transformer_params(model: Any) -> int:
+    """Parameters of the transformer layers and position table (not the vocabulary's)."""
+    if model.kind != "transformer":
+        return 0
+    d, hidden = model.d_model, model.ff_hidden
+    up = 2 * hidden if model.activation == "swiglu" else hidden
+    layer = (3 * d * d + 3 * d) + (d * d + d) + (d * up + up) + (hidden * d + d) + 4 * d
+    return model.n_layers * layer + (model.max_len * d if model.use_positional else 0)

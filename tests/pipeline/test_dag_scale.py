@@ -100,6 +100,7 @@ def make_config(data: Path, n_rna: int, n_corpora: int, n_atac: int = 2) -> dict
         f"run_{tok}": {"corpus": "c0", "tokenizer": tok, "model": "tiny", "max_steps": 10}
         for tok in TOKENIZERS
     }
+    runs["run_rank"]["objectives"] = {"ce": 1.0}  # rank tokens have no values to regress (mse)
     benchmarks = {
         f"eval{k}": {
             "dataset": names[k * n_rna // 5],

@@ -1,7 +1,7 @@
 """Experiment configs (config/experiments/): valid, and their DAGs are the experiment alone.
 
-`--replace-workflow-config` makes the experiment's file the whole config: none of the demo's
-datasets or runs are scheduled beside it.
+`--configfile` makes the experiment's file the whole config: none of the demo's datasets or runs
+are scheduled beside it.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ SLURM_ENV = {
 def dry_run(config: Path, profile: str, env: dict | None = None) -> dict[str, int]:
     proc = subprocess.run(
         [str(BIN / "snakemake"), "-n", "--quiet", "rules", "--profile", profile,
-         "--replace-workflow-config", "--configfile", str(config)],
+         "--configfile", str(config)],
         cwd=REPO, capture_output=True, text=True, timeout=300,
         env={**os.environ, **(env or {})},
     )  # fmt: skip

@@ -297,7 +297,10 @@ def test_corpus_config_cross_checks():
         )
     text = str(info.value)
     assert "corpora.c.datasets[1]: 'zz' is not a dataset" in text
-    assert "corpora.c.split: val + test = 1.2; expected <= 1" in text
+    assert (
+        "corpora.c.split: val + test = 1.2 leaves no training cells; expected val + test < 1"
+        in text
+    )
     assert "corpora.c.tokenizers[0]: 'q' is not a tokenizer" in text
     assert "corpora.c.vocab.genes_file: required by policy 'file'" in text
     with pytest.raises(

@@ -6,12 +6,27 @@ from urllib.parse import urlsplit
 from snakemake.logging import logger
 
 from scfm.config import corpus_tokenizers as _corpus_tokenizers
-from scfm.config import load_schema, validate_config
+from scfm.config import DEFAULT_CONFIG, load_schema, validate_config, workflow_config
 from scfm.paths import check_writable_dirs
 
+# The config is read here, by scfm's safe loader, not by a `configfile:` directive: the
+# --configfile files replace config/config.yaml (read only when none is given), --config values
+# are merged on top, coerced through the schema's types; duplicate keys and yte templates are
+# errors. Inside a `module` given `config:`, the lab's Snakefile has read it (docs/config.md).
+_SCHEMA = load_schema()
+if not workflow.modifier.skip_configfile:
+    config = workflow_config(
+        workflow.config_settings.configfiles,
+        workflow.config_settings.config,
+        schema=_SCHEMA,
+    )
+    if (
+        not workflow.config_settings.configfiles
+    ):  # listed in the report and source archive
+        workflow.configfiles.append(str(DEFAULT_CONFIG))
 # Validate once at start-up, before any job: unknown keys, wrong types and unknown sources stop
 # the run with the key path and what was expected. Defaults are filled from the schema.
-config = validate_config(config, schema=load_schema())
+config = validate_config(config, schema=_SCHEMA)
 # A read-only output tree stops the run here, naming the directory; later, Snakemake would fail
 # inside its own code (creating a log file) or a job on a temporary file name.
 if workflow.is_main_process:
