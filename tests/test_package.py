@@ -1,0 +1,190 @@
+"""The package stands alone: the built wheel, installed (not editable) into a fresh venv.
+
+The wheel is built from a copy of the sources (setuptools writes build/ and *.egg-info beside
+pyproject.toml) without network. The fresh venv has no packages of its own but scfm: it reuses
+the test venv's installed packages through a .pth file (``site.addsitedir`` on a directory of
+links to every entry of this venv's site-packages except scfm's own: its editable .pth and
+dist-info). Every command runs from a directory outside the checkout, with no PYTHONPATH.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _run(cmd: list, cwd: Path, **kw) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    return subprocess.run(
+        [str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, env=env, timeout=300, **kw
+    )
+
+
+def _ok(res: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert res.returncode == 0, f"{res.args}:\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}"
+    return res
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """``venv``, ``bin`` and ``outside`` (the working directory of the commands)."""
+    root = tmp_path_factory.mktemp("wheel")
+    assert not root.is_relative_to(REPO)
+    src = root / "source"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    shutil.copytree(
+        REPO / "src", src / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+    )
+    _ok(
+        _run(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
+            + ["--no-index", "--quiet", "-w", root / "dist", src],
+            cwd=root,
+        )
+    )
+    (wheel,) = (root / "dist").glob("scfm-*.whl")
+    venv = root / "venv"
+    _ok(_run([sys._base_executable, "-m", "venv", "--without-pip", venv], cwd=root))
+    python = venv / "bin" / "python"
+    site = Path(
+        _ok(
+            _run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], root)
+        ).stdout.strip()
+    )
+    shared = root / "shared-site-packages"
+    shared.mkdir()
+    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
+        if not entry.name.startswith(("scfm", "__editable__")):
+            (shared / entry.name).symlink_to(entry)
+    (site / "_shared_packages.pth").write_text(f"import site; site.addsitedir({str(shared)!r})\n")
+    # pip itself comes from the shared packages; it installs into the fresh venv (sys.prefix)
+    _ok(_run([python, "-m", "pip", "install", "--no-index", "--no-deps", "--quiet", wheel], root))
+    outside = root / "outside"
+    outside.mkdir()
+    return {"venv": venv, "bin": venv / "bin", "outside": outside}
+
+
+def test_the_venv_imports_the_installed_wheel_not_the_checkout(installed):
+    code = (
+        "import json, importlib.metadata as md, scfm, scfm.config; print(json.dumps("
+        "[scfm.__file__, str(scfm.config.SCHEMA_PATH), md.distribution('scfm').read_text("
+        "'direct_url.json')]))"
+    )
+    res = _ok(_run([installed["bin"] / "python", "-c", code], installed["outside"]))
+    module, schema, direct_url = json.loads(res.stdout)
+    assert Path(module).is_relative_to(installed["venv"]), module
+    assert Path(schema).is_relative_to(installed["venv"]) and Path(schema).is_file(), schema
+    origin = json.loads(direct_url)
+    assert origin["url"].endswith(".whl") and "dir_info" not in origin, origin
+
+
+def test_validate_config_checks_the_demo_and_names_a_bad_key(installed):
+    scfm = installed["bin"] / "scfm"
+    demo = REPO / "config" / "config.yaml"
+    n_datasets = len(yaml.safe_load(demo.read_text())["datasets"])
+    res = _ok(_run([scfm, "validate-config", demo], installed["outside"]))
+    assert res.stdout.startswith(f"{demo}: valid ({n_datasets} datasets")
+    resolved = _ok(_run([scfm, "validate-config", "--resolved", demo], installed["outside"]))
+    assert yaml.safe_load(resolved.stdout)["io"]["compression"]  # defaults from the schema
+
+    bad = installed["outside"] / "bad.yaml"
+    bad.write_text("datasets:\n  mine:\n    sourc: demo\n")
+    res = _run([scfm, "validate-config", bad], installed["outside"])
+    assert res.returncode == 2, res.stderr
+    assert "bad.yaml" in res.stderr and "datasets.mine.sourc: unknown key" in res.stderr
+    assert "did you mean 'source'" in res.stderr and "Traceback" not in res.stderr
+
+
+def _export_fresh():
+    """tests/embed/_models.export_fresh (an untrained model exported as training exports one)."""
+    spec = importlib.util.spec_from_file_location("_embed_models", REPO / "tests/embed/_models.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_embed_gives_the_checkouts_embedding(installed, tmp_path):
+    from scfm.embed import embed_file
+
+    models = _export_fresh()
+    h5ad, vocab = tmp_path / "cells.h5ad", tmp_path / "vocab.tsv"
+    from _simcorpus import one_dataset_corpus
+
+    one_dataset_corpus(tmp_path / "corpus", models.simulated(), models.BINNED, "binned")
+    shutil.copy(tmp_path / "corpus" / "a.h5ad", h5ad)
+    shutil.copy(tmp_path / "corpus" / "vocab.tsv", vocab)
+    model = models.export_fresh(tmp_path / "tinyrun", vocab)
+
+    out = installed["outside"] / "emb.h5ad"
+    res = _ok(
+        _run(
+            [installed["bin"] / "scfm", "embed", "--model", model, "--input", h5ad]
+            + ["--output", "emb.h5ad", "--device", "cpu", "--batch-size", "16"],
+            installed["outside"],
+        )
+    )
+    assert res.stdout.startswith("emb.h5ad: 96 cells x 32 dims in obsm['X_tinyrun']"), res.stdout
+    mine = tmp_path / "checkout.h5ad"
+    embed_file(model, h5ad, mine, batch_size=16, device="cpu")
+    got, want = ad.read_h5ad(out), ad.read_h5ad(mine)
+    assert got.obsm["X_tinyrun"].shape == (96, 32)
+    assert list(got.obs_names) == list(want.obs_names)
+    np.testing.assert_allclose(got.obsm["X_tinyrun"], want.obsm["X_tinyrun"], rtol=1e-5, atol=1e-6)
+
+    bad = _run(
+        [
+            installed["bin"] / "scfm",
+            "embed",
+            "--model",
+            h5ad,
+            "--input",
+            h5ad,
+            "--output",
+            "x.h5ad",
+        ],
+        installed["outside"],
+    )
+    assert bad.returncode == 2 and str(h5ad) in bad.stderr and "Traceback" not in bad.stderr
+    assert not (installed["outside"] / "x.h5ad").exists()
+
+
+def test_registry_registers_lists_and_shows_from_the_installed_package(installed):
+    pytest.importorskip("lamindb", reason="the registry needs pip install 'scfm[registry]'")
+    lab = installed["outside"] / "lab"
+    table = lab / "results" / "bench" / "s" / "summary.tsv"
+    table.parent.mkdir(parents=True)
+    table.write_text("method\tscore\npca\t1\n")
+    register = (
+        "from scfm.registry import RegistrySettings, register_files; "
+        "s = RegistrySettings.from_config({}, workdir='.'); "
+        "register_files('benchmark', ['results/bench/s/summary.tsv'], rule='bench_summary', "
+        "settings=s)"
+    )
+    _ok(_run([installed["bin"] / "python", "-c", register], lab))
+    scfm = installed["bin"] / "scfm"
+    listed = _ok(_run([scfm, "registry", "--json", "list"], lab))
+    keys = [r["key"] for r in json.loads(listed.stdout)]
+    assert keys == ["results/bench/s/summary.tsv"]
+    shown = json.loads(
+        _ok(_run([scfm, "registry", "--json", "show", "results/bench/s/summary.tsv"], lab)).stdout
+    )
+    assert shown["run"]["rule"] == "bench_summary"
+    missing = _run([scfm, "registry", "show", "results/none.tsv"], lab)
+    assert missing.returncode == 1 and "results/none.tsv" in missing.stderr
+    assert (lab / ".scfm-registry").is_dir()
