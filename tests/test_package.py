@@ -22,9 +22,13 @@ import anndata as ad
 import numpy as np
 import pytest
 import yaml
+from _simcorpus import one_dataset_corpus
+
+from scfm.embed import embed_file
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
+OFFLINE = ["--no-index", "--no-deps", "--quiet"]  # pip: the local wheel only, no network
 
 
 def _run(cmd: list, cwd: Path, **kw) -> subprocess.CompletedProcess:
@@ -32,6 +36,11 @@ def _run(cmd: list, cwd: Path, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, env=env, timeout=300, **kw
     )
+
+
+def _scfm(installed: dict[str, Path], *args, cwd: Path | None = None):
+    """The installed ``scfm`` command, run outside the checkout."""
+    return _run([installed["bin"] / "scfm", *args], cwd or installed["outside"])
 
 
 def _ok(res: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -53,8 +62,17 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     )
     _ok(
         _run(
-            [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
-            + ["--no-index", "--quiet", "-w", root / "dist", src],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                *OFFLINE,
+                "--no-build-isolation",
+                "-w",
+                root / "dist",
+                src,
+            ],
             cwd=root,
         )
     )
@@ -74,7 +92,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             (shared / entry.name).symlink_to(entry)
     (site / "_shared_packages.pth").write_text(f"import site; site.addsitedir({str(shared)!r})\n")
     # pip itself comes from the shared packages; it installs into the fresh venv (sys.prefix)
-    _ok(_run([python, "-m", "pip", "install", "--no-index", "--no-deps", "--quiet", wheel], root))
+    _ok(_run([python, "-m", "pip", "install", *OFFLINE, wheel], root))
     outside = root / "outside"
     outside.mkdir()
     return {"venv": venv, "bin": venv / "bin", "outside": outside}
@@ -95,24 +113,23 @@ def test_the_venv_imports_the_installed_wheel_not_the_checkout(installed):
 
 
 def test_validate_config_checks_the_demo_and_names_a_bad_key(installed):
-    scfm = installed["bin"] / "scfm"
     demo = REPO / "config" / "config.yaml"
     n_datasets = len(yaml.safe_load(demo.read_text())["datasets"])
-    res = _ok(_run([scfm, "validate-config", demo], installed["outside"]))
+    res = _ok(_scfm(installed, "validate-config", demo))
     assert res.stdout.startswith(f"{demo}: valid ({n_datasets} datasets")
-    resolved = _ok(_run([scfm, "validate-config", "--resolved", demo], installed["outside"]))
+    resolved = _ok(_scfm(installed, "validate-config", "--resolved", demo))
     assert yaml.safe_load(resolved.stdout)["io"]["compression"]  # defaults from the schema
 
     bad = installed["outside"] / "bad.yaml"
     bad.write_text("datasets:\n  mine:\n    sourc: demo\n")
-    res = _run([scfm, "validate-config", bad], installed["outside"])
+    res = _scfm(installed, "validate-config", bad)
     assert res.returncode == 2, res.stderr
     assert "bad.yaml" in res.stderr and "datasets.mine.sourc: unknown key" in res.stderr
     assert "did you mean 'source'" in res.stderr and "Traceback" not in res.stderr
 
 
-def _export_fresh():
-    """tests/embed/_models.export_fresh (an untrained model exported as training exports one)."""
+def _embed_models():
+    """tests/embed/_models: simulated cells, and models exported as training exports them."""
     spec = importlib.util.spec_from_file_location("_embed_models", REPO / "tests/embed/_models.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -120,25 +137,16 @@ def _export_fresh():
 
 
 def test_embed_gives_the_checkouts_embedding(installed, tmp_path):
-    from scfm.embed import embed_file
-
-    models = _export_fresh()
+    models = _embed_models()
     h5ad, vocab = tmp_path / "cells.h5ad", tmp_path / "vocab.tsv"
-    from _simcorpus import one_dataset_corpus
-
     one_dataset_corpus(tmp_path / "corpus", models.simulated(), models.BINNED, "binned")
     shutil.copy(tmp_path / "corpus" / "a.h5ad", h5ad)
     shutil.copy(tmp_path / "corpus" / "vocab.tsv", vocab)
     model = models.export_fresh(tmp_path / "tinyrun", vocab)
 
     out = installed["outside"] / "emb.h5ad"
-    res = _ok(
-        _run(
-            [installed["bin"] / "scfm", "embed", "--model", model, "--input", h5ad]
-            + ["--output", "emb.h5ad", "--device", "cpu", "--batch-size", "16"],
-            installed["outside"],
-        )
-    )
+    args = ["--output", "emb.h5ad", "--device", "cpu", "--batch-size", "16"]
+    res = _ok(_scfm(installed, "embed", "--model", model, "--input", h5ad, *args))
     assert res.stdout.startswith("emb.h5ad: 96 cells x 32 dims in obsm['X_tinyrun']"), res.stdout
     mine = tmp_path / "checkout.h5ad"
     embed_file(model, h5ad, mine, batch_size=16, device="cpu")
@@ -147,19 +155,7 @@ def test_embed_gives_the_checkouts_embedding(installed, tmp_path):
     assert list(got.obs_names) == list(want.obs_names)
     np.testing.assert_allclose(got.obsm["X_tinyrun"], want.obsm["X_tinyrun"], rtol=1e-5, atol=1e-6)
 
-    bad = _run(
-        [
-            installed["bin"] / "scfm",
-            "embed",
-            "--model",
-            h5ad,
-            "--input",
-            h5ad,
-            "--output",
-            "x.h5ad",
-        ],
-        installed["outside"],
-    )
+    bad = _scfm(installed, "embed", "--model", h5ad, "--input", h5ad, "--output", "x.h5ad")
     assert bad.returncode == 2 and str(h5ad) in bad.stderr and "Traceback" not in bad.stderr
     assert not (installed["outside"] / "x.h5ad").exists()
 
@@ -177,14 +173,11 @@ def test_registry_registers_lists_and_shows_from_the_installed_package(installed
         "settings=s)"
     )
     _ok(_run([installed["bin"] / "python", "-c", register], lab))
-    scfm = installed["bin"] / "scfm"
-    listed = _ok(_run([scfm, "registry", "--json", "list"], lab))
-    keys = [r["key"] for r in json.loads(listed.stdout)]
-    assert keys == ["results/bench/s/summary.tsv"]
-    shown = json.loads(
-        _ok(_run([scfm, "registry", "--json", "show", "results/bench/s/summary.tsv"], lab)).stdout
-    )
-    assert shown["run"]["rule"] == "bench_summary"
-    missing = _run([scfm, "registry", "show", "results/none.tsv"], lab)
+    listed = _ok(_scfm(installed, "registry", "--json", "list", cwd=lab))
+    assert [r["key"] for r in json.loads(listed.stdout)] == ["results/bench/s/summary.tsv"]
+    key = "results/bench/s/summary.tsv"
+    shown = json.loads(_ok(_scfm(installed, "registry", "--json", "show", key, cwd=lab)).stdout)
+    assert shown["key"] == key and shown["run"]["rule"] == "bench_summary"
+    missing = _scfm(installed, "registry", "show", "results/none.tsv", cwd=lab)
     assert missing.returncode == 1 and "results/none.tsv" in missing.stderr
     assert (lab / ".scfm-registry").is_dir()
