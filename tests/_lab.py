@@ -28,7 +28,7 @@ module scfm:
         config
 
 
-use rule * from scfm as *
+use rule * from scfm
 """
 
 
