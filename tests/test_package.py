@@ -1,4 +1,5 @@
-"""The package stands alone: the built wheel, installed (not editable) into a fresh venv.
+"""The package stands alone: the built wheel, installed (not editable) into a fresh venv; and
+rule scripts, with the processes they start, import the checkout's scfm in any environment.
 
 The wheel is built from a copy of the sources (setuptools writes build/ and *.egg-info beside
 pyproject.toml) without network. The fresh venv has no packages of its own but scfm: it reuses
@@ -27,7 +28,6 @@ from _simcorpus import one_dataset_corpus
 from scfm.embed import embed_file
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
 OFFLINE = ["--no-index", "--no-deps", "--quiet"]  # pip: the local wheel only, no network
 
 
@@ -98,6 +98,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"venv": venv, "bin": venv / "bin", "outside": outside}
 
 
+@pytest.mark.slow
 def test_the_venv_imports_the_installed_wheel_not_the_checkout(installed):
     code = (
         "import json, importlib.metadata as md, scfm, scfm.config; print(json.dumps("
@@ -112,6 +113,7 @@ def test_the_venv_imports_the_installed_wheel_not_the_checkout(installed):
     assert origin["url"].endswith(".whl") and "dir_info" not in origin, origin
 
 
+@pytest.mark.slow
 def test_validate_config_checks_the_demo_and_names_a_bad_key(installed):
     demo = REPO / "config" / "config.yaml"
     n_datasets = len(yaml.safe_load(demo.read_text())["datasets"])
@@ -136,6 +138,7 @@ def _embed_models():
     return module
 
 
+@pytest.mark.slow
 def test_embed_gives_the_checkouts_embedding(installed, tmp_path):
     models = _embed_models()
     h5ad, vocab = tmp_path / "cells.h5ad", tmp_path / "vocab.tsv"
@@ -160,6 +163,7 @@ def test_embed_gives_the_checkouts_embedding(installed, tmp_path):
     assert not (installed["outside"] / "x.h5ad").exists()
 
 
+@pytest.mark.slow
 def test_registry_registers_lists_and_shows_from_the_installed_package(installed):
     pytest.importorskip("lamindb", reason="the registry needs pip install 'scfm[registry]'")
     lab = installed["outside"] / "lab"
@@ -181,3 +185,18 @@ def test_registry_registers_lists_and_shows_from_the_installed_package(installed
     missing = _scfm(installed, "registry", "show", "results/none.tsv", cwd=lab)
     assert missing.returncode == 1 and "results/none.tsv" in missing.stderr
     assert (lab / ".scfm-registry").is_dir()
+
+
+def test_rule_scripts_and_the_processes_they_start_import_the_checkouts_scfm(tmp_path):
+    """A job environment without scfm (a per-rule conda env): the rule script and the trainer
+    it starts (``python -m scfm.train``, a new interpreter) both import the checkout's src/."""
+    child = "import scfm; print(scfm.__file__)"
+    code = (
+        f"import subprocess, sys; sys.path.insert(0, {str(REPO / 'scripts')!r}); "
+        "import _scfm_path, scfm; print(scfm.__file__); "
+        f"print(subprocess.run([sys.executable, '-c', {child!r}], capture_output=True, "
+        "text=True, check=True).stdout.strip())"
+    )
+    # the interpreter the venvs are made from: no numpy, no scfm (scfm/__init__ needs neither)
+    res = _ok(_run([sys._base_executable, "-c", code], tmp_path))
+    assert res.stdout.split() == [str(REPO / "src" / "scfm" / "__init__.py")] * 2
