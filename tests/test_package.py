@@ -111,6 +111,16 @@ def test_the_venv_imports_the_installed_wheel_not_the_checkout(installed):
     assert Path(schema).is_relative_to(installed["venv"]) and Path(schema).is_file(), schema
     origin = json.loads(direct_url)
     assert origin["url"].endswith(".whl") and "dir_info" not in origin, origin
+    # every file of the package's source (modules, schema, chromosome sizes) was installed
+    package = REPO / "src" / "scfm"
+    missing = [
+        str(f.relative_to(package))
+        for f in package.rglob("*")
+        if f.is_file()
+        and "__pycache__" not in f.parts
+        and not (Path(module).parent / f.relative_to(package)).is_file()
+    ]
+    assert missing == []
 
 
 @pytest.mark.slow
