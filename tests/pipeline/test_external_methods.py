@@ -1,4 +1,8 @@
-"""External methods through the real DAG: a precomputed file and a command, scored like pca."""
+"""External methods through the real DAG: a precomputed file and a command, scored like pca.
+
+The run is a lab's: its own directory holds the config, the lab's files and every output, and
+uses scfm from the checkout as a Snakemake module (tests/_lab.py, README).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_workflow import copy_workflow, snakemake
+from _lab import PROFILE, changed_in_checkout, checkout_files, make_lab
+from test_workflow import snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -80,10 +85,15 @@ def _write_lab_files(workdir: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    workdir = copy_workflow(tmp_path_factory.mktemp("ext"), CONFIG)
+def checkout_before() -> dict:
+    return checkout_files()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, checkout_before) -> Path:
+    workdir = make_lab(tmp_path_factory.mktemp("ext") / "lab-dir", CONFIG, module=True)
     _write_lab_files(workdir)
-    res = snakemake(workdir, "--profile", "profiles/local", "--cores", "2")
+    res = snakemake(workdir, "--profile", PROFILE, "--cores", "2")
     assert res.returncode == 0, res.stderr[-3000:]
     return workdir
 
@@ -106,12 +116,25 @@ def test_external_methods_are_scored_like_baselines(run):
     assert "running" in (run / "logs" / "external_embedding" / "fm_cmd" / "s.log").read_text()
 
 
+def test_the_lab_directory_holds_every_output_and_the_report(run, checkout_before):
+    """scfm as a module: outputs, logs, Snakemake's state and the report are the lab's."""
+    res = snakemake(run, "--profile", PROFILE, "--report", "report.html")
+    assert res.returncode == 0, res.stderr[-2000:]
+    html = (run / "report.html").read_text()
+    # captions are found next to the module's rules, rendered with the lab's wildcards
+    assert "Results table of evaluation set s: every method" in html
+    assert (run / "results" / "bench" / "summary.tsv").is_file()
+    assert (run / "logs" / "bench_summary" / "s.log").is_file()
+    assert (run / ".snakemake" / "metadata").is_dir()
+    assert changed_in_checkout(checkout_before) == []
+
+
 def test_a_new_precomputed_file_reruns_only_its_jobs(run):
     path = run / "lab" / "fm.parquet"
     table = pd.read_parquet(path)
     table.iloc[:, 0] += 1.0
     table.to_parquet(path)
-    res = snakemake(run, "--profile", "profiles/local", "--cores", "2", "-n")
+    res = snakemake(run, "--profile", PROFILE, "--cores", "2", "-n")
     assert res.returncode == 0, res.stderr[-2000:]
     jobs = dict(
         re.findall(r"^(\w+)\s+(\d+)$", (res.stdout + res.stderr).split("Job stats:")[1], re.M)
@@ -131,9 +154,7 @@ def test_bad_external_method_fails_naming_method_and_file(run):
     # a file that misses cells of the evaluation set: the job fails, nothing is written
     path = run / "lab" / "fm.parquet"
     pd.read_parquet(path).iloc[:10].to_parquet(path)
-    res = snakemake(
-        run, "--profile", "profiles/local", "--cores", "2", "results/embed/fm_file/s.h5ad"
-    )
+    res = snakemake(run, "--profile", PROFILE, "--cores", "2", "results/embed/fm_file/s.h5ad")
     assert res.returncode != 0
     log = (run / "logs" / "external_embedding" / "fm_file" / "s.log").read_text()
     assert "lab/fm.parquet: embedding of method 'fm_file'" in log and "are missing" in log

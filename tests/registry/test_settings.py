@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from pathlib import Path
 
 import pytest
 from _helpers import Job, write
@@ -129,3 +130,15 @@ def test_missing_lamindb_only_warns_when_not_required(tmp_path, monkeypatch, cap
     reader["datasets"]["r"] = {"source": "lamindb", "key": "k"}
     with pytest.raises(ScfmRegistryError, match=r"datasets\.r read from it"):
         check_installed(validate_config(reader))
+
+
+def test_the_worker_path_holds_this_scfm_and_nothing_else(tmp_path):
+    """An installed scfm's parent is all of site-packages: the worker gets a link to scfm only."""
+    import scfm
+    from scfm.registry._client import worker_pythonpath
+
+    path = worker_pythonpath(tmp_path)
+    assert [p.name for p in path.iterdir()] == ["scfm"]
+    assert (path / "scfm").resolve() == Path(scfm.__file__).resolve().parent
+    assert worker_pythonpath(tmp_path) == path
+    assert [p.name for p in path.iterdir()] == ["scfm"]

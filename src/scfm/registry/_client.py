@@ -14,6 +14,7 @@ line (lamindb's own messages) is passed to the debug log.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ from scfm.registry._settings import (
 
 log = logging.getLogger("scfm.registry")
 PREFIX = "@@scfm-registry "
-_SRC = str(Path(__file__).resolve().parents[2])
+_PACKAGE = Path(__file__).resolve().parents[1]  # the scfm package this process runs
 
 
 def call(settings: RegistrySettings, op: str, payload: dict[str, Any] | None = None) -> Any:
@@ -57,7 +58,8 @@ def call(settings: RegistrySettings, op: str, payload: dict[str, Any] | None = N
     env.pop("LAMIN_CURRENT_INSTANCE", None)  # the worker connects to the configured one only
     env["LAMIN_SETTINGS_DIR"] = str(settings.lamin_settings_dir)
     env["LAMIN_CACHE_DIR"] = str(root / "cache")
-    env["PYTHONPATH"] = os.pathsep.join([_SRC, *filter(None, [env.get("PYTHONPATH")])])
+    path = str(worker_pythonpath(root))
+    env["PYTHONPATH"] = os.pathsep.join([path, *filter(None, [env.get("PYTHONPATH")])])
     request = {"op": op, "settings": settings.to_json(), "payload": payload or {}}
     start = time.monotonic()
     proc = subprocess.Popen(
@@ -88,6 +90,28 @@ def call(settings: RegistrySettings, op: str, payload: dict[str, Any] | None = N
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+
+
+def worker_pythonpath(root: Path) -> Path:
+    """A directory holding only a link to this process' scfm package, for the worker's path.
+
+    The worker must import the same scfm as the job, also when it runs in another interpreter
+    (``registry.python``). scfm's parent directory is ``src/`` in a checkout but the whole
+    site-packages of an installed scfm, whose numpy, pandas, ... would shadow the worker
+    environment's own. One directory per package location (``root/pythonpath/<hash>``), made
+    atomically, so jobs of different environments sharing a registry never swap each other's.
+    """
+    key = hashlib.sha256(str(_PACKAGE).encode()).hexdigest()[:16]
+    directory = root / "pythonpath" / key
+    link = directory / "scfm"
+    if link.is_symlink() and link.resolve() == _PACKAGE:
+        return directory
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".scfm.{os.getpid()}.{threading.get_ident()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(_PACKAGE, target_is_directory=True)
+    tmp.replace(link)
+    return directory
 
 
 def _wait(proc, events, stderr, settings: RegistrySettings, start: float) -> Any:
