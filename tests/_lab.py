@@ -18,7 +18,10 @@ PROFILE = str(REPO / "profiles" / "local")
 
 # What README tells a lab to write (with the path of its scfm checkout)
 MODULE_SNAKEFILE = """\
-configfile: "config/config.yaml"
+from scfm.config import read_config_file
+
+# scfm's safe reader: duplicate keys and yte templating are refused (docs/config.md)
+config.update(read_config_file("config/config.yaml"))
 
 
 module scfm:
