@@ -102,6 +102,10 @@ def results_table_figure(long: pd.DataFrame, out_png: str | Path, *, title: str 
 
     masked = long[long["type"] == MASKED]
     scores = long[long["type"] != MASKED]
+    if scores.empty:
+        # `metrics: [masked]` alone: there is no score table, only the masked-prediction panel
+        _masked_only_figure(masked, out_png, title=title)
+        return
     types = scores.drop_duplicates("metric").set_index("metric")["type"]
     wide = scores.pivot_table(index="method", columns="metric", values="value", aggfunc="first")
     order = [
@@ -218,6 +222,24 @@ def results_table_figure(long: pd.DataFrame, out_png: str | Path, *, title: str 
             )
         if masked_h:
             _masked_panel(fig.add_subplot(grid[1]), masked_wide)
+    _save(fig, out_png)
+
+
+def _masked_only_figure(masked: pd.DataFrame, out_png: str | Path, *, title: str) -> None:
+    """The results figure of an evaluation set whose only metric is masked prediction."""
+    masked_wide = masked.pivot_table(
+        index="method", columns="metric", values="value", aggfunc="first", sort=False
+    )
+    width = max(8, 1.15 * len(masked_wide.columns) + 2)
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        fig, ax = plt.subplots(figsize=(width, 1.6 + 0.45 * max(len(masked_wide), 1)))
+        if len(masked_wide):
+            _masked_panel(ax, masked_wide)
+        else:
+            ax.axis("off")
+            ax.text(0, 0.5, "no metric values", transform=ax.transAxes, fontsize=10)
+        if title:
+            fig.suptitle(title, fontsize=12, x=0.02, ha="left")
     _save(fig, out_png)
 
 
