@@ -212,7 +212,6 @@ KEYS: dict[str, dict[str, tuple[str, Keys]]] = {
 }
 
 
-
 def project(rule: str, param: str, block: Any, **wildcards: str) -> Any:
     """The canonical projection of ``block`` that ``rule`` gets as ``params.<param>``.
 
