@@ -174,7 +174,8 @@ def scheduled(workdir: Path, config_text: str) -> set[str]:
     jobs = set()
     for rule, body in re.findall(r"^(?:local)?rule (\w+):\n(.*?)(?:\n\n|\Z)", out, re.M | re.S):
         found = re.search(r"^\s+wildcards: (.*)$", body, re.M)
-        jobs.add(f"{rule}[{found.group(1)}]" if found else rule)
+        wildcards = ", ".join(sorted(found.group(1).split(", "))) if found else ""
+        jobs.add(f"{rule}[{wildcards}]" if found else rule)
     return jobs
 
 
