@@ -18,8 +18,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from scfm.tokenize.tokenizers import TokenizerConfig
-
 
 def canonical(obj: Any) -> Any:
     """``obj`` with every mapping rebuilt as a dict with sorted keys (lists keep their order).
@@ -92,8 +90,17 @@ def source_keys(block: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def token_keys(block: Mapping[str, Any]) -> dict[str, Any]:
-    """The keys that define the tokens (``TokenizerConfig.params``: depends on the kind)."""
-    return TokenizerConfig.from_config(dict(block)).params()
+    """The keys that define the tokens (they depend on the kind and the gene selection).
+
+    ``scfm.tokenize.TokenizerConfig.params`` is this; it lives here so that the workflow does
+    not import the tokenizers (numba, scipy: seconds at every Snakemake start).
+    """
+    keep = {"kind", "max_len", "genes", "target_sum"}
+    keep |= {"binned": {"n_bins"}, "counts": {"vocab_size"}, "binary": {"negatives", "seed"}}.get(
+        block["kind"], set()
+    )
+    keep |= {"top_k": {"top_k"}, "random": {"seed"}}.get(block.get("genes", "nonzero"), set())
+    return {k: v for k, v in block.items() if k in keep}
 
 
 def shard_token_keys(block: Mapping[str, Any]) -> dict[str, Any]:
