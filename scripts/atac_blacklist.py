@@ -6,4 +6,4 @@ from scfm.atac.pipeline import blacklist_file
 from scfm.logs import setup_logging
 
 setup_logging(snakemake.log[0])
-blacklist_file(snakemake.params.spec, snakemake.output.bed)
+blacklist_file(snakemake.params.blacklist, snakemake.output.bed)

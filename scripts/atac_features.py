@@ -12,6 +12,6 @@ features(
     snakemake.input.barcodes,
     snakemake.output.h5ad,
     dataset=snakemake.wildcards.dataset,
-    kind=snakemake.params.cfg["features"],
+    kind=snakemake.params.dataset["features"],
 )
 register_outputs(snakemake, kind="qc")  # no-op unless registry.enabled

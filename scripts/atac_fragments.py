@@ -12,7 +12,7 @@ fragments(
     snakemake.input.chrom_sizes,
     snakemake.input.genes,
     snakemake.output.fragments,
-    cfg=snakemake.params.cfg,
+    cfg=snakemake.params.dataset,
     blacklist=snakemake.input.get("blacklist"),
 )
 register_outputs(snakemake, kind="standard")  # no-op unless registry.enabled

@@ -12,6 +12,6 @@ merge_peaks(
     snakemake.input.chrom_sizes,
     snakemake.input.genes,
     snakemake.output.bed,
-    width=snakemake.params.width,
+    width=snakemake.params.peak_width,
 )
 register_outputs(snakemake, kind="qc")  # no-op unless registry.enabled

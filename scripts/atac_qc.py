@@ -16,7 +16,7 @@ barcode_qc(
     snakemake.output.barcodes,
     snakemake.output.figure,
     dataset=snakemake.wildcards.dataset,
-    cfg=snakemake.params.cfg,
+    cfg=snakemake.params.dataset,
     qc=snakemake.params.qc,
 )
 register_outputs(snakemake, kind="qc")  # no-op unless registry.enabled

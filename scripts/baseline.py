@@ -11,6 +11,6 @@ baseline_embedding(
     snakemake.wildcards.method,
     snakemake.input.data,
     snakemake.output.h5ad,
-    snakemake.params.params,
+    snakemake.params.baseline,
 )
 register_outputs(snakemake, kind="embedding")  # no-op unless registry.enabled

@@ -11,7 +11,7 @@ from scfm.registry import register_outputs
 setup_logging(snakemake.log[0])
 fetch_dataset(
     snakemake.wildcards.dataset,
-    snakemake.params.cfg,
+    snakemake.params.dataset,
     Path(snakemake.output.manifest).parent,
     chunk_cells=snakemake.params.chunk_cells,
 )

@@ -11,7 +11,7 @@ external_embedding(
     snakemake.wildcards.method,
     snakemake.input.data,
     snakemake.output.h5ad,
-    snakemake.params.spec,
+    snakemake.params.external,
     threads=snakemake.threads,
     log_file=snakemake.log[0],
 )

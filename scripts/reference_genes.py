@@ -10,7 +10,7 @@ from scfm.logs import setup_logging
 from scfm.paths import check_outputs_not_inputs
 
 setup_logging(snakemake.log[0])
-spec = snakemake.params.spec
+spec = snakemake.params.genes
 out = Path(snakemake.output.table)
 if spec.get("url"):
     src = out.parent / Path(spec["url"]).name

@@ -9,7 +9,7 @@ from scfm.logs import setup_logging
 
 setup_logging(snakemake.log[0])
 reference_genome(
-    snakemake.params.spec,
+    snakemake.params.genome,
     Path(snakemake.output.chrom_sizes).parent,
     name=snakemake.wildcards.genome,
 )

@@ -13,7 +13,7 @@ if snakemake.rule == "registry_corpus":
     fetch_registered_corpus(
         corpus,
         snakemake.wildcards.tokenizer,
-        snakemake.params.cfg,
+        snakemake.params.corpus,
         tokenizer_cfg=snakemake.params.tokenizer,
         vocab_path=snakemake.input.vocab,
         manifest_out=snakemake.output.manifest,
@@ -21,4 +21,4 @@ if snakemake.rule == "registry_corpus":
     register_outputs(snakemake, kind="corpus")  # no-op unless registry.enabled
 else:
     name = "vocab.tsv" if snakemake.rule == "registry_vocab" else "gene_stats.tsv"
-    fetch_corpus_file(corpus, snakemake.params.cfg, name, snakemake.output.file)
+    fetch_corpus_file(corpus, snakemake.params.corpus, name, snakemake.output.file)

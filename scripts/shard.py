@@ -15,7 +15,7 @@ shard_dataset(
     vocab_path=snakemake.input.vocab,
     tokenizer=snakemake.params.tokenizer,
     split=snakemake.params.split,
-    keep=snakemake.params.keep,
+    filters=snakemake.params.filters,
     gene_stats=snakemake.input.stats or None,
     source_sha256=Path(snakemake.input.sha256).read_text().split()[0],
     cells_per_shard=snakemake.params.cells_per_shard,

@@ -11,7 +11,7 @@ standardize(
     snakemake.input.manifest,
     snakemake.output.h5ad,
     dataset=snakemake.wildcards.dataset,
-    cfg=snakemake.params.cfg,
+    cfg=snakemake.params.dataset,
     gene_table=snakemake.input.gene_table or None,
     chunk_cells=snakemake.params.chunk_cells,
     compression=snakemake.params.compression,

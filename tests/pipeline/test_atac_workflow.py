@@ -7,13 +7,15 @@ a tiny training run and the benchmark rules next to the LSI baseline.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-from test_workflow import copy_workflow, snakemake
+import yaml
+from test_workflow import assert_params_are_projections, copy_workflow, scheduled, snakemake
 
 pytestmark = [pytest.mark.slow, pytest.mark.shared_data]
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -105,11 +107,11 @@ def run(tmp_path_factory):
     config["datasets"]["pbmc_atac"]["qc"]["blacklist"] = str(blacklist)
     d = copy_workflow(tmp_path_factory.mktemp("atac"), config)
     res = snakemake(d, "--profile", "profiles/local", "--cores", "2")
-    return d, res
+    return d, res, config
 
 
 def test_real_pbmc_fragments_to_a_qcd_peak_matrix(run):
-    d, res = run
+    d, res, _ = run
     assert res.returncode == 0, res.stderr[-3000:]
     qc = pd.read_csv(d / "results/atac/pbmc_atac/qc.tsv", sep="\t", index_col="barcode")
     assert len(qc) == 24508 and qc["pass_qc"].sum() > 200  # 263 cells with >= 20 fragments
@@ -133,7 +135,7 @@ def test_real_pbmc_fragments_to_a_qcd_peak_matrix(run):
 
 
 def test_simulated_atac_trains_and_is_benchmarked_next_to_lsi(run):
-    d, res = run
+    d, res, _ = run
     assert res.returncode == 0, res.stderr[-3000:]
     metrics = pd.read_csv(d / "results/train/a/metrics.tsv", sep="\t")
     val = metrics[(metrics["split"] == "val") & (metrics["objective"] == "ordinal")]
@@ -145,3 +147,16 @@ def test_simulated_atac_trains_and_is_benchmarked_next_to_lsi(run):
     assert wide.loc["lsi", "Corr-Weighted"] > wide.loc["random", "Corr-Weighted"]
     long = pd.read_csv(d / "results/bench/sa/summary.tsv", sep="\t")
     assert "ordinal loss" in set(long.loc[long["method"] == "a", "metric"])
+
+
+def test_atac_rules_get_only_the_qc_keys_they_read(run):
+    """promoter_upstream reaches gene activity alone: not fragments, barcode QC, tiles, peaks."""
+    d, res, config = run
+    assert res.returncode == 0, res.stderr[-3000:]
+    rules = {"atac_fragments", "atac_qc", "atac_tiles", "atac_summits", "atac_peakset"}
+    rules |= {"atac_peak_matrix", "atac_activity", "atac_features", "reference_genome"}
+    assert_params_are_projections(d, config, rules)
+    config = copy.deepcopy(config)
+    config["qc"]["atac"]["promoter_upstream"] = 5000
+    jobs = scheduled(d, yaml.safe_dump(config))
+    assert jobs == {"atac_activity[dataset=pbmc_atac]", "atac_activity[dataset=sim_atac]", "all"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import copy
 import html as htmllib
 import json
@@ -156,6 +157,124 @@ def test_second_run_does_nothing(workdir, demo_run):
     again = snakemake(workdir, "--profile", "profiles/local", "--cores", "2")
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def scheduled(workdir: Path, config_text: str) -> set[str]:
+    """Jobs (``rule[wildcards]``) a dry run schedules after config/config.yaml is replaced by
+    ``config_text``, as a lab edits its config (the file is restored afterwards)."""
+    path = workdir / "config" / "config.yaml"
+    original = path.read_text()
+    path.write_text(config_text)
+    try:
+        res = snakemake(workdir, "--profile", "profiles/local", "-n")
+    finally:
+        path.write_text(original)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    jobs = set()
+    for rule, body in re.findall(r"^(?:local)?rule (\w+):\n(.*?)(?:\n\n|\Z)", out, re.M | re.S):
+        found = re.search(r"^\s+wildcards: (.*)$", body, re.M)
+        wildcards = ", ".join(sorted(found.group(1).split(", "))) if found else ""
+        jobs.add(f"{rule}[{wildcards}]" if found else rule)
+    return jobs
+
+
+def reordered(obj):
+    """``obj`` with the keys of every mapping in reverse order (lists keep theirs)."""
+    if isinstance(obj, dict):
+        return {k: reordered(obj[k]) for k in reversed(list(obj))}
+    return [reordered(v) for v in obj] if isinstance(obj, list) else obj
+
+
+def edited(change) -> str:
+    """SMALL_CONFIG with ``change(config)`` applied, as YAML."""
+    config = copy.deepcopy(SMALL_CONFIG)
+    change(config)
+    return yaml.safe_dump(config)
+
+
+def bench_jobs(rules, methods, evalset="s"):
+    return {f"{r}[evalset={evalset}, method={m}]" for r in rules for m in methods}
+
+
+SUMMARIES = {"bench_summary[evalset=s]", "bench_all", "all"}
+
+
+def test_reformatting_the_config_reruns_nothing(workdir, demo_run):
+    """Keys in another order, comments, flow style: the same config, so no job is scheduled."""
+    text = "# the lab's copy, reformatted\n" + yaml.safe_dump(
+        reordered(SMALL_CONFIG), sort_keys=False, default_flow_style=True, width=60
+    )
+    assert yaml.safe_load(text) == SMALL_CONFIG and text != yaml.safe_dump(SMALL_CONFIG)
+    assert scheduled(workdir, text) == set()
+
+
+def test_adding_a_method_schedules_only_its_jobs(workdir, demo_run):
+    """Not the evaluation set, not the other methods' embeddings or metrics."""
+    jobs = scheduled(workdir, edited(lambda c: c["benchmarks"]["s"]["methods"].append("scvi")))
+    expected = bench_jobs(["baseline", "scib", "scgraph", "annotation", "umap"], ["scvi"])
+    assert jobs == expected | SUMMARIES
+
+
+def test_one_metric_option_schedules_only_that_metric(workdir, demo_run):
+    kbet = scheduled(workdir, edited(lambda c: c["benchmarks"]["s"].update(scib={"kbet": True})))
+    assert kbet == bench_jobs(["scib"], ["pca", "random", "t"]) | SUMMARIES
+    trim = scheduled(
+        workdir, edited(lambda c: c["benchmarks"]["s"]["scgraph"].update(trim_rate=0.1))
+    )
+    # the reference graph of the set uses the trim rate too (scfm.bench.scgraph)
+    assert trim == bench_jobs(["scgraph"], ["pca", "random", "t"]) | SUMMARIES | {
+        "scgraph_reference[evalset=s]"
+    }
+
+
+def test_a_learning_rate_schedules_its_run_and_nothing_upstream(workdir, demo_run):
+    jobs = scheduled(workdir, edited(lambda c: c["runs"]["t"].update(optimizer={"lr": 0.002})))
+    metrics = ["embed", "scib", "scgraph", "annotation", "masked", "umap"]
+    assert jobs == bench_jobs(metrics, ["t"]) | SUMMARIES | {"train[run=t]", "train_summary"}
+
+
+# Params that may be a whole config block, because the job reads every key of it.
+WHOLE_BLOCK_ALLOWED = {
+    # the trainer's spec: run.json and model.json are the run and model blocks, every key read
+    # by scfm.train (the names corpus/tokenizer/model also pick the train job's inputs)
+    ("train", "runs"),
+    ("train", "models"),
+    # qc_rna reads every key of qc.rna (thresholds, doublets, warnings); a dataset's overrides
+    # are merged on top
+    ("qc", "qc"),
+}
+
+
+def assert_params_are_projections(workdir: Path, config: dict, rules: set[str]) -> None:
+    """No finished job's params (as Snakemake recorded them for its rerun check) is a whole
+    block of the validated config, except :data:`WHOLE_BLOCK_ALLOWED`; every rule of ``rules``
+    has a record."""
+    from scfm.config import load_schema, validate_config
+
+    cfg = validate_config(copy.deepcopy(config), schema=load_schema())
+    blocks = [(f"qc.{m}", ("qc", m), b) for m, b in cfg["qc"].items()]
+    for top in ("datasets", "corpora", "tokenizers", "runs", "models", "benchmarks"):
+        blocks += [(f"{top}.{n}", (top, n), b) for n, b in cfg[top].items()]
+    seen, whole = set(), []
+    for record in (workdir / ".snakemake" / "metadata").iterdir():
+        meta = json.loads(record.read_text())
+        seen.add(meta["rule"])
+        for text in meta["params"]:
+            value = ast.literal_eval(text)
+            for name, (top, _), block in blocks:
+                if value == block and (meta["rule"], top) not in WHOLE_BLOCK_ALLOWED:
+                    whole.append(f"rule {meta['rule']} gets all of {name}")
+    assert not whole, sorted(set(whole))
+    assert rules <= seen, rules - seen
+
+
+def test_no_rule_gets_a_whole_config_block(workdir, demo_run):
+    assert demo_run.returncode == 0, demo_run.stderr[-3000:]
+    rules = {"download", "standardize", "qc", "vocab", "gene_stats", "shard", "corpus_manifest"}
+    rules |= {"train", "bench_data", "bench_leakage", "baseline", "embed", "masked", "umap"}
+    rules |= {"scib", "scgraph_reference", "scgraph", "annotation"}
+    assert_params_are_projections(workdir, SMALL_CONFIG, rules)
 
 
 def test_benchmark_tables_put_runs_next_to_baselines(workdir, demo_run):

@@ -203,7 +203,7 @@ def test_filters_and_zero_cells(corpus):
         vocab_path=corpus["vocab"],
         tokenizer={"kind": "binned"},
         split=SPLIT,
-        keep={"cell_type": [keep_type]},
+        filters={"cell_type": [keep_type]},
     )
     assert man["n_cells"] == (src.obs["cell_type"] == keep_type).sum()
     assert set(read_shards(out)["cell_type"].to_pylist()) == {keep_type}
@@ -215,7 +215,7 @@ def test_filters_and_zero_cells(corpus):
             vocab_path=corpus["vocab"],
             tokenizer={"kind": "binned"},
             split=SPLIT,
-            keep={"cell_type": ["nope"]},
+            filters={"cell_type": ["nope"]},
         )
     assert not (corpus["dir"] / "none").exists()
     assert not [p for p in corpus["dir"].iterdir() if p.name.startswith(".none")]
@@ -229,7 +229,7 @@ def test_filters_and_zero_cells(corpus):
             vocab_path=corpus["vocab"],
             tokenizer={"kind": "binned"},
             split=SPLIT,
-            keep={"tissue_x": ["a"]},
+            filters={"tissue_x": ["a"]},
         )
 
 

@@ -14,7 +14,7 @@ rule reference_genome:
     conda:
         "../../envs/atac.yaml"
     params:
-        spec=genome_spec,
+        genome=params_of("reference_genome", "genome", genome_spec),
     script:
         "../../scripts/reference_genome.py"
 
@@ -29,14 +29,7 @@ rule atac_blacklist:
     conda:
         "../../envs/atac.yaml"
     params:
-        spec=lambda wildcards: next(
-            s
-            for s in [config["qc"]["atac"].get("blacklist")]
-            + [d.get("qc", {}).get("blacklist") for d in DATASETS.values()]
-            if isinstance(s, dict)
-            and s.get("url")
-            and s["sha256"].startswith(wildcards.sha)
-        ),
+        blacklist=params_of("atac_blacklist", "blacklist", atac_blacklist_download),
     script:
         "../../scripts/atac_blacklist.py"
 
@@ -58,8 +51,7 @@ rule atac_fragments:
     conda:
         "../../envs/atac.yaml"
     params:
-        cfg=dataset_cfg,
-        qc=atac_qc_params,
+        dataset=params_of("atac_fragments", "dataset", dataset_cfg),
     script:
         "../../scripts/atac_fragments.py"
 
@@ -85,8 +77,8 @@ rule atac_qc:
     conda:
         "../../envs/atac.yaml"
     params:
-        cfg=dataset_cfg,
-        qc=atac_qc_params,
+        dataset=params_of("atac_qc", "dataset", dataset_cfg),
+        qc=params_of("atac_qc", "qc", atac_qc_params),
     script:
         "../../scripts/atac_qc.py"
 
@@ -104,7 +96,7 @@ rule atac_tiles:
     conda:
         "../../envs/atac.yaml"
     params:
-        qc=atac_qc_params,
+        qc=params_of("atac_tiles", "qc", atac_qc_params),
         compression=config["io"]["compression"],
     script:
         "../../scripts/atac_tiles.py"
@@ -123,7 +115,7 @@ rule atac_summits:
     conda:
         "../../envs/atac.yaml"
     params:
-        qc=atac_qc_params,
+        qc=params_of("atac_summits", "qc", atac_qc_params),
     script:
         "../../scripts/atac_summits.py"
 
@@ -140,7 +132,7 @@ rule atac_peakset:
     conda:
         "../../envs/atac.yaml"
     params:
-        width=config["qc"]["atac"]["peak_width"],
+        peak_width=config["qc"]["atac"]["peak_width"],
     script:
         "../../scripts/atac_peakset.py"
 
@@ -158,8 +150,7 @@ rule atac_peak_matrix:
     conda:
         "../../envs/atac.yaml"
     params:
-        qc=atac_qc_params,
-        compression=config["io"]["compression"],
+        qc=params_of("atac_peak_matrix", "qc", atac_qc_params),
     script:
         "../../scripts/atac_peak_matrix.py"
 
@@ -177,8 +168,7 @@ rule atac_activity:
     conda:
         "../../envs/atac.yaml"
     params:
-        qc=atac_qc_params,
-        compression=config["io"]["compression"],
+        qc=params_of("atac_activity", "qc", atac_qc_params),
     script:
         "../../scripts/atac_activity.py"
 
@@ -196,7 +186,6 @@ rule atac_features:
     conda:
         "../../envs/atac.yaml"
     params:
-        cfg=dataset_cfg,
-        compression=config["io"]["compression"],
+        dataset=params_of("atac_features", "dataset", dataset_cfg),
     script:
         "../../scripts/atac_features.py"

@@ -14,8 +14,8 @@ rule bench_data:
     conda:
         "../../envs/bench.yaml"
     params:
-        bench=bench_cfg,
-        runs=bench_run_manifests,
+        bench=params_of("bench_data", "bench", bench_cfg),
+        runs=params_of("bench_data", "runs", held_out_run_manifests),
     script:
         "../../scripts/bench_data.py"
 
@@ -33,8 +33,8 @@ rule bench_leakage:
     conda:
         "../../envs/bench.yaml"
     params:
-        bench=bench_cfg,
-        runs=bench_run_manifests,
+        bench=params_of("bench_leakage", "bench", bench_cfg),
+        runs=params_of("bench_leakage", "runs", bench_run_manifests),
     script:
         "../../scripts/bench_leakage.py"
 
@@ -52,7 +52,7 @@ rule baseline:
         "../../envs/bench.yaml"
     threads: 2
     params:
-        params=baseline_params,
+        baseline=baseline_params,
     script:
         "../../scripts/baseline.py"
 
@@ -71,7 +71,7 @@ rule embed:
         "../../envs/bench.yaml"
     threads: 2
     params:
-        bench=bench_cfg,
+        bench=params_of("embed", "bench", bench_cfg),
     script:
         "../../scripts/embed.py"
 
@@ -89,7 +89,7 @@ rule external_embedding:
         "../../envs/bench.yaml"
     threads: external_threads
     params:
-        spec=external_spec,
+        external=params_of("external_embedding", "external", external_spec),
     script:
         "../../scripts/external_embedding.py"
 
@@ -107,7 +107,7 @@ rule scib:
         "../../envs/bench.yaml"
     threads: 2
     params:
-        bench=bench_cfg,
+        bench=params_of("scib", "bench", bench_cfg),
     script:
         "../../scripts/scib.py"
 
@@ -122,7 +122,7 @@ rule scgraph_reference:
     conda:
         "../../envs/bench.yaml"
     params:
-        bench=bench_cfg,
+        bench=params_of("scgraph_reference", "bench", bench_cfg),
     script:
         "../../scripts/scgraph_reference.py"
 
@@ -140,7 +140,7 @@ rule scgraph:
     conda:
         "../../envs/bench.yaml"
     params:
-        bench=bench_cfg,
+        bench=params_of("scgraph", "bench", bench_cfg),
     script:
         "../../scripts/scgraph.py"
 
@@ -157,7 +157,7 @@ rule annotation:
         "../../envs/bench.yaml"
     threads: 2
     params:
-        bench=bench_cfg,
+        bench=params_of("annotation", "bench", bench_cfg),
     script:
         "../../scripts/annotation.py"
 
@@ -176,7 +176,7 @@ rule masked:
         "../../envs/bench.yaml"
     threads: 2
     params:
-        bench=bench_cfg,
+        bench=params_of("masked", "bench", bench_cfg),
     script:
         "../../scripts/masked.py"
 
@@ -198,7 +198,7 @@ rule umap:
     conda:
         "../../envs/bench.yaml"
     params:
-        bench=bench_cfg,
+        bench=params_of("umap", "bench", bench_cfg),
     script:
         "../../scripts/umap.py"
 

@@ -53,6 +53,18 @@ wildcard_constraints:
     run=NAME,
 
 
+from scfm.rule_params import project
+
+
+def params_of(rule, param, block):
+    """A params function: the keys `rule` reads of the block `block(wildcards)`, canonical.
+
+    scfm.rule_params.KEYS says which keys (docs/architecture.md, "Rule params"): a job reruns
+    when one of those changes, not when another key of the block does.
+    """
+    return lambda wildcards: project(rule, param, block(wildcards))
+
+
 def dataset_cfg(wildcards):
     """The validated config block of the dataset named by the wildcard.
 
@@ -217,6 +229,19 @@ def atac_blacklist_spec(wildcards):
     return atac_qc_params(wildcards).get("blacklist")
 
 
+def atac_blacklist_download(wildcards):
+    """The {url, sha256} blacklist (qc.atac or a dataset's override) of an atac_blacklist job."""
+    specs = [config["qc"]["atac"].get("blacklist")]
+    specs += [d.get("qc", {}).get("blacklist") for d in DATASETS.values()]
+    return next(
+        s
+        for s in specs
+        if isinstance(s, dict)
+        and s.get("url")
+        and s["sha256"].startswith(wildcards.sha)
+    )
+
+
 def get_atac_blacklist(wildcards):
     """{"blacklist": <BED>} for the atac_fragments rule (a local file or the downloaded one)."""
     spec = atac_blacklist_spec(wildcards)
@@ -323,9 +348,16 @@ def get_bench_qc(wildcards):
 
 
 def bench_run_manifests(wildcards):
-    """Corpus manifest of each trained run an evaluation set scores, by run."""
+    """Corpus manifest of each trained run an evaluation set scores, by run (sorted)."""
     methods = BENCHMARKS[wildcards.evalset]["methods"]
-    return {m: run_manifest(m) for m in methods if m in RUNS}
+    return {m: run_manifest(m) for m in sorted(methods) if m in RUNS}
+
+
+def held_out_run_manifests(wildcards):
+    """bench_run_manifests, if the set leaves the runs' training cells out (else unused: {})."""
+    if BENCHMARKS[wildcards.evalset]["held_out"]:
+        return bench_run_manifests(wildcards)
+    return {}
 
 
 def get_bench_run_manifests(wildcards):
@@ -355,21 +387,13 @@ def warn_possible_leakage():
 
 def get_held_out_manifests(wildcards):
     """With held_out, the evaluation set itself needs the runs' corpora (to leave cells out)."""
-    if BENCHMARKS[wildcards.evalset]["held_out"]:
-        return get_bench_run_manifests(wildcards)
-    return []
+    return sorted(set(held_out_run_manifests(wildcards).values()))
 
 
 def baseline_params(wildcards):
     """Keyword arguments of a baseline (see scfm.bench.baselines)."""
     bench = BENCHMARKS[wildcards.evalset]
-    extra = {
-        "pca": {"n_pcs": bench["n_pcs"]},
-        "lsi": {"n_pcs": bench["n_pcs"]},
-        "scvi": bench["scvi"],
-        "random": bench["random"],
-    }
-    return {"seed": bench["seed"], **extra.get(wildcards.method, {})}
+    return project("baseline", "baseline", bench, method=wildcards.method)
 
 
 def external_spec(wildcards):

@@ -13,7 +13,7 @@ rule vocab:
     conda:
         "../../envs/rna.yaml"
     params:
-        vocab=corpus_vocab_params,
+        vocab=params_of("vocab", "vocab", corpus_vocab_params),
     script:
         "../../scripts/vocab.py"
 
@@ -34,7 +34,7 @@ rule gene_stats:
         runtime=480,
         mem_mb=8000,  # genes x 1536 histogram (~180 MB at 30k genes) + one chunk
     params:
-        filters=corpus_filters,
+        filters=params_of("gene_stats", "filters", corpus_filters),
         chunk_cells=config["io"]["chunk_cells"],
     script:
         "../../scripts/gene_stats.py"
@@ -56,9 +56,9 @@ rule shard:
         runtime=240,
         mem_mb=4000,  # bounded by io.chunk_cells
     params:
-        tokenizer=tokenizer_cfg,
-        split=corpus_split,
-        keep=dataset_filter,
+        tokenizer=params_of("shard", "tokenizer", tokenizer_cfg),
+        split=params_of("shard", "split", corpus_split),
+        filters=params_of("shard", "filters", dataset_filter),
         cells_per_shard=config["shards"]["cells_per_shard"],
         chunk_cells=config["io"]["chunk_cells"],
     script:
@@ -78,7 +78,7 @@ rule corpus_manifest:
     conda:
         "../../envs/rna.yaml"
     params:
-        weights=corpus_weights,
+        weights=params_of("corpus_manifest", "weights", corpus_weights),
     script:
         "../../scripts/corpus_manifest.py"
 
@@ -98,7 +98,7 @@ rule registry_vocab:
     conda:
         "../../envs/rna.yaml"
     params:
-        cfg=corpus_cfg,
+        corpus=params_of("registry_vocab", "corpus", corpus_cfg),
     script:
         "../../scripts/registry_corpus.py"
 
@@ -123,7 +123,7 @@ rule registry_corpus:
     conda:
         "../../envs/rna.yaml"
     params:
-        cfg=corpus_cfg,
-        tokenizer=tokenizer_cfg,
+        corpus=params_of("registry_corpus", "corpus", corpus_cfg),
+        tokenizer=params_of("registry_corpus", "tokenizer", tokenizer_cfg),
     script:
         "../../scripts/registry_corpus.py"

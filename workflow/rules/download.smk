@@ -15,7 +15,7 @@ rule download:
         runtime=720,  # minutes; Census queries and atlas downloads take hours
         mem_mb=16000,
     params:
-        cfg=dataset_cfg,
+        dataset=params_of("download", "dataset", dataset_cfg),
         chunk_cells=config["io"]["chunk_cells"],
     script:
         "../../scripts/download.py"
@@ -31,6 +31,6 @@ rule reference_genes:
     conda:
         "../../envs/download.yaml"
     params:
-        spec=reference_spec,
+        genes=params_of("reference_genes", "genes", reference_spec),
     script:
         "../../scripts/reference_genes.py"

@@ -35,7 +35,7 @@ rule qc:
         runtime=480,
         mem_mb=32000,  # scrublet holds one batch at a time
     params:
-        qc=qc_params,
+        qc=params_of("qc", "qc", qc_params),
         organism=dataset_organism,
         chunk_cells=config["io"]["chunk_cells"],
         compression=config["io"]["compression"],

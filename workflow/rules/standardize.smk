@@ -15,7 +15,7 @@ rule standardize:
         runtime=480,
         mem_mb=16000,  # bounded by io.chunk_cells, not by the dataset
     params:
-        cfg=dataset_cfg,
+        dataset=params_of("standardize", "dataset", dataset_cfg),
         chunk_cells=config["io"]["chunk_cells"],
         compression=config["io"]["compression"],
     script:

@@ -26,8 +26,8 @@ rule train:
         runtime=2880,  # minutes; checkpoints + retries/--requeue continue longer runs
         mem_mb=16000,
     params:
-        run=run_cfg,
-        model=run_model_cfg,
+        run=params_of("train", "run", run_cfg),
+        model=params_of("train", "model", run_model_cfg),
         out=subpath(output.model, parent=True),
     script:
         "../../scripts/train.py"

@@ -16,11 +16,11 @@ UNIT_COLUMN = {"cell": None, "donor": "donor", "dataset": "dataset"}
 
 
 def select_cells(
-    obs: pd.DataFrame, keep: Mapping[str, Sequence[Any]] | None, *, path: str | Path
+    obs: pd.DataFrame, filters: Mapping[str, Sequence[Any]] | None, *, path: str | Path
 ) -> np.ndarray:
     """Mask of cells whose obs values are among the listed ones (``corpora.<c>.filters.<ds>``)."""
     mask = np.ones(len(obs), bool)
-    for column, values in (keep or {}).items():
+    for column, values in (filters or {}).items():
         if column not in obs:
             raise ScfmInputError(
                 path,

@@ -180,7 +180,7 @@ def shard_dataset(
     vocab_path: str | Path,
     tokenizer: dict[str, Any],
     split: Mapping[str, Any],
-    keep: Mapping[str, Any] | None = None,
+    filters: Mapping[str, Any] | None = None,
     gene_stats: str | Path | None = None,
     cells_per_shard: int = default("shards.cells_per_shard"),
     chunk_cells: int = default("io.chunk_cells"),
@@ -198,12 +198,12 @@ def shard_dataset(
     obs = read_dataframe(h5ad, "obs")
     var = read_dataframe(h5ad, "var")
     col_token = vocab.map_genes(var.index)
-    selected = select_cells(obs, keep, path=h5ad)
+    selected = select_cells(obs, filters, path=h5ad)
     if not selected.any():
         raise ScfmInputError(
             h5ad,
             "obs",
-            f"no cell of dataset {dataset} passes the corpus filter {dict(keep or {})}",
+            f"no cell of dataset {dataset} passes the corpus filter {dict(filters or {})}",
             "filters that keep some cells",
         )
     splits = assign_splits(obs, dataset=dataset, **split)

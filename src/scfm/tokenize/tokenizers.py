@@ -33,6 +33,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from scfm.errors import ScfmInputError
+from scfm.rule_params import token_keys
 from scfm.tokenize import kernels
 from scfm.tokenize.binary import tokenize_binary
 from scfm.tokenize.vocab import Vocab
@@ -116,14 +117,7 @@ class TokenizerConfig:
 
     def params(self) -> dict[str, Any]:
         """The parameters that define the tokens (recorded in manifests and models)."""
-        keep = {"kind", "max_len", "genes", "target_sum"}
-        keep |= {
-            "binned": {"n_bins"},
-            "counts": {"vocab_size"},
-            "binary": {"negatives", "seed"},
-        }.get(self.kind, set())
-        keep |= {"top_k": {"top_k"}, "random": {"seed"}}.get(self.genes, set())
-        return {k: v for k, v in asdict(self).items() if k in keep}
+        return token_keys(asdict(self))
 
 
 @dataclass
