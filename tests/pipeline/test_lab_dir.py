@@ -51,3 +51,17 @@ def test_directory_writes_everything_in_the_lab_directory(tmp_path):
     assert (lab / "logs" / "qc" / "lab_cells.log").is_file()
     assert (lab / ".snakemake" / "metadata").is_dir()
     assert changed_in_checkout(before) == []
+
+
+def test_the_snakefile_process_validates_with_the_checkouts_scfm(tmp_path):
+    """Another scfm first on the import path (an older install in the lab's environment) is not
+    the one that validates the config: common.smk puts the checkout's src/ first, as the jobs'
+    scripts/_scfm_path.py does."""
+    other = tmp_path / "other" / "scfm"
+    other.mkdir(parents=True)
+    (other / "__init__.py").write_text("raise ImportError('the other scfm was imported')\n")
+    lab = make_lab(tmp_path / "lab", CONFIG, module=False)
+    env = {"PYTHONPATH": str(other.parent)}
+    res = snakemake(REPO, "--directory", str(lab), "-n", TARGET, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "the other scfm" not in res.stdout + res.stderr

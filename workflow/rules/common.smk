@@ -1,5 +1,16 @@
 # Config validation, wildcard constraints and input functions shared by every rule.
 import re
+import sys
+from pathlib import Path
+
+# The Snakefile process validates the config with the same scfm the jobs run (scripts/_scfm_path.py
+# puts this checkout's src/ first for them): without this, an scfm installed in the environment
+# (another version) would validate while the checkout's code runs the jobs.
+_SRC = (
+    Path(workflow.current_basedir.get_path_or_uri(secret_free=False)).parents[1] / "src"
+)
+if _SRC.is_dir():
+    sys.path[:] = [str(_SRC), *(p for p in sys.path if p != str(_SRC))]
 from pathlib import PurePosixPath
 from urllib.parse import urlsplit
 
