@@ -48,6 +48,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from scfm.errors import ScfmConfigError, ScfmInputError
 from scfm.io.download import hash_file
+from scfm.shard.manifest import CorpusManifest
 
 ValueKind = Literal["bin", "count", "float", "none"]
 PadTo = Literal["longest", "max_len"]
@@ -181,22 +182,23 @@ class Corpus:
     pickled, so DataLoader workers started by spawn map their own.
     """
 
-    def __init__(self, manifest_path: Path, manifest: dict[str, Any], split: str) -> None:
+    def __init__(self, manifest_path: Path, manifest: CorpusManifest, split: str) -> None:
         self.manifest_path = manifest_path
+        self.manifest = manifest
         self.split = split
-        self.value_kind: ValueKind = manifest["value_kind"]
-        self.n_value_tokens: int | None = manifest.get("n_value_tokens")
-        self.max_len: int = manifest["max_len"]
-        self.vocab_hash: str = manifest["vocab_hash"]
-        self.special_tokens: dict[str, int] = dict(manifest["special_tokens"])
+        self.value_kind: ValueKind = manifest.value_kind  # type: ignore[assignment]
+        self.n_value_tokens: int | None = manifest.n_value_tokens
+        self.max_len: int = manifest.max_len  # genes per cell
+        self.vocab_hash: str = manifest.vocab_hash
+        self.special_tokens: dict[str, int] = dict(manifest.special_tokens)
         root = manifest_path.parent
         self.shards = tuple(
-            ShardInfo(i, root / s["path"], s["dataset"], s["split"], s["n_cells"], s["sha256"])
-            for i, s in enumerate(manifest["shards"])
+            ShardInfo(i, root / s.path, s.dataset, s.split, s.n_cells, s.sha256)
+            for i, s in enumerate(manifest.shards)
         )
         self.split_shards = tuple(s for s in self.shards if s.split == split and s.n_cells > 0)
         self.n_cells = sum(s.n_cells for s in self.split_shards)
-        weights = manifest.get("weights") or {}
+        weights = manifest.weights or {}
         self.weights_by: str | None = weights.get("by")
         self.weight_values: dict[str, float] = dict(weights.get("values") or {})
         self._mapped: dict[int, _MappedShard] = {}
@@ -217,7 +219,7 @@ class Corpus:
             the manifest.
         """
         path = Path(manifest_path)
-        manifest = _read_manifest(path)
+        manifest = CorpusManifest.read(path)
         corpus = cls(path, manifest, split)
         if corpus.n_cells == 0:
             raise ScfmInputError(
@@ -291,62 +293,9 @@ class Corpus:
                 )
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ScfmInputError(path, "file", "missing", "a corpus manifest.json") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ScfmInputError(path, "file", f"not readable JSON ({e})") from None
-
-
-def _read_manifest(path: Path) -> dict[str, Any]:
-    """The manifest with the fields the loader relies on checked (types, ranges)."""
-    m = _read_json(path)
-    if not isinstance(m, dict):
-        raise ScfmInputError(path, "(top level)", f"a {type(m).__name__}", "a JSON object")
-    kind = m.get("value_kind")
-    if kind not in VALUE_KINDS:
-        raise ScfmInputError(path, "value_kind", repr(kind), f"one of {VALUE_KINDS}")
-    nvt = m.get("n_value_tokens")
-    if kind in ("bin", "count") and (not _is_int(nvt) or nvt < 1):
-        raise ScfmInputError(path, "n_value_tokens", repr(nvt), f"an integer >= 1 for {kind!r}")
-    if not _is_int(m.get("max_len")) or m["max_len"] < 1:
-        raise ScfmInputError(path, "max_len", repr(m.get("max_len")), "an integer >= 1")
-    if not isinstance(m.get("vocab_hash"), str):
-        raise ScfmInputError(path, "vocab_hash", repr(m.get("vocab_hash")), "a string")
-    special = m.get("special_tokens")
-    if not isinstance(special, dict) or not all(_is_int(special.get(t)) for t in _NEEDED):
-        raise ScfmInputError(path, "special_tokens", repr(special), f"integer ids for {_NEEDED}")
-    if not isinstance(m.get("shards"), list):
-        raise ScfmInputError(path, "shards", repr(m.get("shards")), "a list of shard entries")
-    for i, s in enumerate(m["shards"]):
-        _check_shard_entry(path, i, s)
-    weights = m.get("weights")
-    if weights is not None and not (
-        isinstance(weights, dict) and isinstance(weights.get("values", {}), dict | None)
-    ):
-        raise ScfmInputError(path, "weights", repr(weights), "{'by': ..., 'values': {...}}")
-    return m
-
-
-_NEEDED = ("<pad>", "<cls>")
-_SHARD_FIELDS = {"path": str, "dataset": str, "split": str, "sha256": str}
-
-
-def _check_shard_entry(path: Path, i: int, s: object) -> None:
-    if not isinstance(s, dict):
-        raise ScfmInputError(path, f"shards[{i}]", repr(s), "an object")
-    for key, typ in _SHARD_FIELDS.items():
-        if not isinstance(s.get(key), typ):
-            raise ScfmInputError(path, f"shards[{i}].{key}", repr(s.get(key)), "a string")
-    if not _is_int(s.get("n_cells")) or s["n_cells"] < 0:
-        raise ScfmInputError(path, f"shards[{i}].n_cells", repr(s.get("n_cells")), "int >= 0")
-
-
-def _check_split_count(path: Path, manifest: dict[str, Any], split: str, n_cells: int) -> None:
+def _check_split_count(path: Path, manifest: CorpusManifest, split: str, n_cells: int) -> None:
     """The manifest's ``splits`` total, when given, must match its shards."""
-    declared = (manifest.get("splits") or {}).get(split)
+    declared = (manifest.splits or {}).get(split)
     if declared is not None and declared != n_cells:
         raise ScfmInputError(
             path,
