@@ -47,6 +47,7 @@ class ShardEntry:
     n_tokens: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON object of the entry (``n_tokens`` only when known)."""
         out = dataclasses.asdict(self)
         if out["n_tokens"] is None:
             del out["n_tokens"]
@@ -100,7 +101,9 @@ class CorpusManifest:
         except FileNotFoundError:
             raise ScfmInputError(path, "file", "missing", "a corpus manifest.json") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ScfmInputError(path, "file", f"not readable JSON ({e})", "a corpus manifest") from None
+            raise ScfmInputError(
+                path, "file", f"not readable JSON ({e})", "a corpus manifest"
+            ) from None
         return cls.from_dict(raw, source=path)
 
     @classmethod
@@ -127,7 +130,9 @@ class CorpusManifest:
         if not _is_int(m.get("vocab_size")) or m["vocab_size"] < 1:
             raise bad("vocab_size", m.get("vocab_size"), "an integer >= 1")
         special = m.get("special_tokens")
-        if not isinstance(special, dict) or not all(_is_int(special.get(t)) for t in NEEDED_SPECIAL):
+        if not isinstance(special, dict) or not all(
+            _is_int(special.get(t)) for t in NEEDED_SPECIAL
+        ):
             raise bad("special_tokens", special, f"integer ids for {NEEDED_SPECIAL}")
         if not isinstance(m.get("shards"), list):
             raise bad("shards", m.get("shards"), "a list of shard entries")

@@ -19,7 +19,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import re
 import shutil
 from collections.abc import Mapping
@@ -67,9 +66,13 @@ RESUME_INDEPENDENT_LOADER = ("verify",)
 class Stateful(Protocol):
     """What a checkpoint component has (``torch.nn.Module``, optimizers, the loader...)."""
 
-    def state_dict(self) -> Any: ...
+    def state_dict(self) -> Any:
+        """The component's state: plain containers and tensors."""
+        ...
 
-    def load_state_dict(self, state: Any, /) -> Any: ...
+    def load_state_dict(self, state: Any, /) -> Any:
+        """Restore what ``state_dict`` returned."""
+        ...
 
 
 def resume_identity(
@@ -239,7 +242,7 @@ class CheckpointManager:
             reasons.setdefault(tuple(why), []).append(step)
             for path in (self.path(step), self.path(step).with_suffix(".json")):
                 if path.exists():
-                    os.replace(path, dest / path.name)
+                    path.replace(dest / path.name)
         for why, steps in reasons.items():
             log.warning(
                 "checkpoints of steps %s were made under another run config and will not be "

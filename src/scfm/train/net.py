@@ -48,6 +48,7 @@ class PretrainingNet(nn.Module):
         self.objectives = objectives
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Each objective's result (loss, positions ``n``) on ``batch``."""
         outputs = self.model(batch)
         return {name: obj(self.model, batch, outputs) for name, obj in self.objectives.items()}
 
@@ -93,6 +94,7 @@ class LossWindow:
     start: float = field(default_factory=time.perf_counter)
 
     def add(self, name: str, loss: float, n: float, trivial: dict[str, float]) -> None:
+        """Add a loss over ``n`` positions and its trivial predictors' losses."""
         self.loss[name] = self.loss.get(name, 0.0) + loss * n
         self.n[name] = self.n.get(name, 0.0) + n
         for key, value in trivial.items():

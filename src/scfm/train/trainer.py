@@ -50,12 +50,12 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+import scfm.models
 from scfm.atomic import atomic_path, write_text_atomic
 from scfm.data import CorpusLoader, LoaderConfig
 from scfm.errors import ScfmConfigError, ScfmInputError
 from scfm.shard.manifest import CorpusManifest
 from scfm.tokenize.vocab import Vocab
-import scfm.models
 from scfm.train.checkpoint import CheckpointManager, Stateful, export_model, resume_identity
 from scfm.train.config import RunConfig
 from scfm.train.distributed import (
@@ -396,7 +396,12 @@ def _account(
 
 
 def _evaluate(
-    net: PretrainingNet, loader: CorpusLoader, stats: Any, run: RunConfig, env: DistEnv, autocast: Any
+    net: PretrainingNet,
+    loader: CorpusLoader,
+    stats: Any,
+    run: RunConfig,
+    env: DistEnv,
+    autocast: Any,
 ) -> dict[str, dict]:
     """Loss on the first ``val_batches`` batches of val (the same batches and masks each time)."""
     net.eval()
@@ -576,7 +581,7 @@ def _read_corpus(manifest_path: Path) -> dict[str, Any]:
 
 
 class _RngState:
-    """This process's random number generators (torch, CUDA, NumPy, Python) as a component."""
+    """The process's random number generators (torch, CUDA, NumPy, Python) as a component."""
 
     def state_dict(self) -> dict[str, Any]:
         np_state = np.random.get_state()
@@ -598,8 +603,10 @@ class _RngState:
 
 
 class _PerRank:
-    """A component whose state differs between ranks: saved as the list of every rank's
-    state (a collective call), restored from this rank's entry."""
+    """A component whose state differs between ranks.
+
+    Saved as the list of every rank's state (a collective call), restored from this rank's.
+    """
 
     def __init__(self, component: Stateful, env: DistEnv) -> None:
         self.component, self.env = component, env
