@@ -277,7 +277,7 @@ def test_merge_checks_vocab_hash_and_sums_splits(corpus):
         "corpus", "tokenizer", "tokenizer_params", "vocab_path", "vocab_hash", "vocab_size",
         "special_tokens", "value_kind", "n_value_tokens", "max_len", "shards",
     ]  # fmt: skip
-    assert raw["shards"][0].keys() == {"path", "dataset", "split", "n_cells", "n_tokens", "sha256"}
+    assert list(raw["shards"][0]) == ["path", "dataset", "split", "n_cells", "n_tokens", "sha256"]
     other_vocab = d / "other.tsv"
     write_vocab(build_vocab({"a": corpus["a"]}, min_cells=0), other_vocab)
     with pytest.raises(ScfmInputError, match=r"vocab_hash: .* differs from"):

@@ -49,6 +49,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from scfm.errors import ScfmConfigError, ScfmInputError
 from scfm.io.download import hash_file
 from scfm.shard.manifest import CorpusManifest
+from scfm.tokenize.tokenizers import max_len_problems, tokens_per_cell
 
 ValueKind = Literal["bin", "count", "float", "none"]
 PadTo = Literal["longest", "max_len"]
@@ -76,10 +77,11 @@ class LoaderConfig:
     batch_size
         Cells per batch.
     max_len
-        Tokens per cell including ``<cls>``; longer cells are truncated (the first genes in the
-        tokenizer's order are kept). ``None``: the manifest's ``max_len`` + 1.
+        Genes per cell (``<cls>`` is added: rows have up to ``max_len + 1`` tokens); longer
+        cells are truncated (the first genes in the tokenizer's order are kept). ``None``: the
+        manifest's ``max_len``.
     pad_to
-        "longest": pad to the longest cell of the batch; "max_len": always to ``max_len``.
+        "longest": pad to the longest cell of the batch; "max_len": always to ``max_len`` genes.
     mask_ratio
         Probability that a gene position is masked (Bernoulli per position, so the count varies
         per cell); 0 disables masking.
@@ -121,8 +123,7 @@ class LoaderConfig:
                 problems.append(f"{name}: {getattr(self, name)!r} is not an integer >= {low}")
         if not _is_int(self.seed) or not 0 <= self.seed < 2**63:
             problems.append(f"seed: {self.seed!r} is not an integer in [0, 2**63)")
-        if self.max_len is not None and (not _is_int(self.max_len) or self.max_len < 2):
-            problems.append(f"max_len: {self.max_len!r} is not null or an integer >= 2")
+        problems += max_len_problems(self.max_len, nullable=True)
         if self.pad_to not in ("longest", "max_len"):
             problems.append(f"pad_to: {self.pad_to!r} is not 'longest' or 'max_len'")
         ratio = self.mask_ratio
@@ -461,7 +462,7 @@ def _encode_strings(column: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
 class Collator:
     """Turn cells (gene ids + values) into a padded, optionally masked batch of tensors.
 
-    Each row is ``<cls>`` followed by the cell's first ``max_len - 1`` genes, then ``<pad>``.
+    Each row is ``<cls>`` followed by the cell's first ``max_len`` genes, then ``<pad>``.
     Output keys: ``genes`` (int64 [B, L]); ``values`` (int64 for bin/count, float32 for float;
     absent for value kind "none"; 0 at ``<cls>`` and padding); ``padding_mask`` (bool, True =
     pad). When ``mask_ratio > 0`` also ``mask`` (bool, True = masked; never ``<cls>`` or pad)
@@ -474,7 +475,8 @@ class Collator:
     Parameters
     ----------
     max_len
-        Tokens per row including ``<cls>``.
+        Genes per row (rows have up to :func:`~scfm.tokenize.tokenizers.tokens_per_cell`
+        tokens: ``<cls>`` and the genes).
     value_kind
         The manifest's ``value_kind``.
     n_value_tokens
@@ -498,8 +500,7 @@ class Collator:
 
     def __post_init__(self) -> None:
         problems = []
-        if not _is_int(self.max_len) or self.max_len < 2:
-            problems.append(f"max_len: {self.max_len!r} is not an integer >= 2")
+        problems += max_len_problems(self.max_len)
         if self.value_kind not in VALUE_KINDS:
             problems.append(f"value_kind: {self.value_kind!r} is not one of {VALUE_KINDS}")
         if self.value_kind in ("bin", "count") and not (
@@ -552,8 +553,9 @@ class Collator:
         """
         if self.value_kind != "none" and values is None:
             raise ValueError(f"value_kind {self.value_kind!r} needs values")
-        lens = np.minimum([len(g) for g in genes], self.max_len - 1).astype(np.int64)
-        width = self.max_len if self.pad_to == "max_len" else 1 + int(lens.max(initial=0))
+        lens = np.minimum([len(g) for g in genes], self.max_len).astype(np.int64)
+        longest = self.max_len if self.pad_to == "max_len" else int(lens.max(initial=0))
+        width = tokens_per_cell(longest)
         out, arrays = _arena(self._layout(len(genes), width, cell_index), share_memory)
         self._fill(arrays, genes, values, lens)
         if self.mask_ratio > 0:
@@ -784,7 +786,7 @@ class CellBatchDataset(IterableDataset):
         self.epoch, self.skip, self.rotate = epoch, tuple(skip), rotate
         special = corpus.special_tokens
         self.collator = Collator(
-            max_len=config.max_len or corpus.max_len + 1,
+            max_len=config.max_len or corpus.max_len,
             value_kind=corpus.value_kind,
             n_value_tokens=corpus.n_value_tokens,
             pad_id=special["<pad>"],

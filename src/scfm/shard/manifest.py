@@ -47,11 +47,11 @@ class ShardEntry:
     n_tokens: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object of the entry (``n_tokens`` only when known)."""
-        out = dataclasses.asdict(self)
+        """The entry's JSON object, keys in the order written so far (``n_tokens`` if known)."""
+        out = {k: getattr(self, k) for k in ("path", "dataset", "split", "n_cells", "n_tokens")}
         if out["n_tokens"] is None:
             del out["n_tokens"]
-        return out
+        return {**out, "sha256": self.sha256}
 
 
 @dataclass(frozen=True)
@@ -101,9 +101,7 @@ class CorpusManifest:
         except FileNotFoundError:
             raise ScfmInputError(path, "file", "missing", "a corpus manifest.json") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ScfmInputError(
-                path, "file", f"not readable JSON ({e})", "a corpus manifest"
-            ) from None
+            raise ScfmInputError(path, "file", f"not readable ({e})", "a corpus manifest") from None
         return cls.from_dict(raw, source=path)
 
     @classmethod

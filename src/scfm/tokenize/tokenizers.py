@@ -25,8 +25,10 @@ its dataset); ``panel`` = every vocabulary gene, zeros included, in vocabulary o
 
 from __future__ import annotations
 
+import functools
 import zlib
 from dataclasses import asdict, dataclass
+from importlib import resources
 from typing import Any
 
 import numpy as np
@@ -59,6 +61,40 @@ VALUE_KIND = {
 }
 
 
+def tokens_per_cell(max_len: int) -> int:
+    """Sequence length of a cell with at most ``max_len`` genes: ``<cls>`` plus the genes.
+
+    ``max_len`` means genes per cell (without ``<cls>``) everywhere -- tokenizer config, corpus
+    manifest, ``runs.<r>.loader.max_len``, :class:`scfm.data.Collator`,
+    :class:`scfm.models.ModelConfig`; this is the one place the ``<cls>`` token is added.
+    """
+    return max_len + 1
+
+
+@functools.cache
+def _min_max_len() -> int:
+    """The lower bound of ``max_len``: ``tokenizers.<t>.max_len``'s ``minimum`` in the schema."""
+    import yaml
+
+    text = resources.files("scfm").joinpath("schemas/config.schema.yaml").read_text()
+    return int(yaml.safe_load(text)["$defs"]["tokenizer"]["properties"]["max_len"]["minimum"])
+
+
+def max_len_problems(value: Any, *, name: str = "max_len", nullable: bool = False) -> list[str]:
+    """The problems of a ``max_len`` (genes per cell): ``[]`` or one message naming ``name``.
+
+    The bound is the config schema's (``tokenizers.<t>.max_len``), so library objects built
+    without a config (loader, collator, model) accept exactly what a config may say.
+    """
+    if nullable and value is None:
+        return []
+    low = _min_max_len()
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        null = "null or " if nullable else ""
+        return [f"{name}: {value!r} is not {null}an integer >= {low} (genes per cell)"]
+    return []
+
+
 @dataclass(frozen=True)
 class TokenizerConfig:
     """One ``tokenizers.<name>`` block (see the config schema for each field)."""
@@ -80,8 +116,7 @@ class TokenizerConfig:
             problems.append(f"kind: {self.kind!r} is unknown; expected one of {sorted(KINDS)}")
         if self.genes not in MODES:
             problems.append(f"genes: {self.genes!r} is unknown; expected one of {sorted(MODES)}")
-        if self.max_len < 2:
-            problems.append(f"max_len: {self.max_len} < 2; expected room for <cls> and a gene")
+        problems += max_len_problems(self.max_len)
         if self.n_bins < 2:
             problems.append(f"n_bins: {self.n_bins} < 2; expected 0 for zero plus at least one bin")
         if not 2 <= self.vocab_size <= 32767:

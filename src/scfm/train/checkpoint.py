@@ -32,6 +32,10 @@ from scfm.atomic import atomic_path, write_text_atomic
 log = logging.getLogger(__name__)
 
 MODEL_FORMAT = "scfm-model/1"
+#: model.pt entry saying that ``model_config.max_len`` counts genes (without ``<cls>``); files
+#: without it were written when it counted tokens including ``<cls>`` (before scfm 0.2's one
+#: meaning of ``max_len``): :func:`model_config_dict` converts them.
+MAX_LEN_COUNTS = "max_len_counts"
 CHECKPOINT_FORMAT = "scfm-checkpoint/1"
 _NAME = re.compile(r"^step-(\d{8,})\.pt$")
 #: Where :meth:`CheckpointManager.set_aside` moves checkpoints of another config.
@@ -328,12 +332,24 @@ def export_model(
         "vocab": vocab,
         "tokenizer": tokenizer,
         "vocab_hash": vocab_hash,
+        MAX_LEN_COUNTS: "genes",
         **(extra or {}),
     }
     path = Path(path)
     with atomic_path(path) as tmp:
         tmp.write_bytes(save_bytes(payload))
     return path
+
+
+def model_config_dict(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``model_config`` of a model.pt payload, ``max_len`` in genes per cell.
+
+    Files written before ``max_len`` had one meaning stored tokens including ``<cls>``.
+    """
+    config = dict(payload["model_config"])
+    if payload.get(MAX_LEN_COUNTS) != "genes" and isinstance(config.get("max_len"), int):
+        config["max_len"] -= 1
+    return config
 
 
 def save_bytes(obj: Any) -> memoryview:

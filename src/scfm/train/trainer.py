@@ -359,7 +359,7 @@ def _model_config(model_cfg: Any, manifest: CorpusManifest, run: RunConfig) -> A
         "vocab_size": manifest.vocab_size,
         "value_kind": manifest.value_kind,
         "n_value_tokens": manifest.n_value_tokens,
-        "max_len": run.loader.get("max_len") or manifest.max_len + 1,
+        "max_len": run.loader.get("max_len") or manifest.max_len,
     }
     given = model_cfg.to_dict() if isinstance(model_cfg, config_cls) else dict(model_cfg)
     problems = [
