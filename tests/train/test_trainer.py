@@ -8,6 +8,7 @@ one thread, so an interrupted-and-resumed run must equal an uninterrupted one bi
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import signal
@@ -372,20 +373,19 @@ def test_schedule_warmup_then_cosine_to_min() -> None:
 
 
 def test_rerun_after_a_config_change_trains_afresh_not_from_the_old_checkpoints(
-    corpus: Path, tmp_path: Path
+    corpus: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The train rule's command (``python -m scfm.train``) rerun in the same run directory.
+    """The train rule's command (``python -m scfm.train``) rerun in a finished run's directory.
 
     After the learning rate changed, the rerun must not resume at max_steps and export the
     old weights: it sets the old checkpoints aside (naming the changed field), trains from
     step 0 and ends with the weights of a fresh run of the new config. After the model's size
     changed, the same (no ``size mismatch``). Only a rerun of the same config resumes.
     """
+    torch.set_num_threads(1)
     out = tmp_path / "run"
     first = run_config(max_steps=4, checkpoint_every=2)
-    cmd, env = cli(out, corpus, first)
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    train(first, MODEL, corpus, out, device="cpu")
     old = weights(out)
 
     changed = run_config(max_steps=4, checkpoint_every=2, optimizer={"lr": 1e-3})
@@ -403,27 +403,23 @@ def test_rerun_after_a_config_change_trains_afresh_not_from_the_old_checkpoints(
     assert model["run_config"]["optimizer"]["lr"] == 1e-3 and model["step"] == 4
     assert any(not torch.equal(model["state_dict"][k], old[k]) for k in old)
     fresh = tmp_path / "fresh"
-    cmd_fresh, _ = cli(fresh, corpus, changed)
-    done = subprocess.run(cmd_fresh, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    train(changed, MODEL, corpus, fresh, device="cpu")
     assert_same_weights(weights(out), weights(fresh))
-    metrics = (out / "metrics.tsv").read_text().splitlines()
-    assert [line.split("\t")[:2] for line in metrics[1:]] == [
-        line.split("\t")[:2] for line in (fresh / "metrics.tsv").read_text().splitlines()[1:]
+    rows = [line.split("\t")[:3] for line in (out / "metrics.tsv").read_text().splitlines()]
+    assert rows == [
+        line.split("\t")[:3] for line in (fresh / "metrics.tsv").read_text().splitlines()
     ]
 
     # an architecture change: trains afresh too (no `size mismatch` from load_state_dict)
-    cmd, env = cli(out, corpus, changed, {**MODEL, "d_model": 16})
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert "model.d_model: 32 -> 16" in done.stderr and "size mismatch" not in done.stderr
+    with caplog.at_level(logging.INFO, logger="scfm.train"):
+        summary = train(changed, {**MODEL, "d_model": 16}, corpus, out, device="cpu")
+    assert summary["resumed_from"] is None and "model.d_model: 32 -> 16" in caplog.text
     assert load_model_file(out / "model.pt")["model_config"]["d_model"] == 16
 
     # the same config again: resumes at the end, trains nothing, keeps the weights
     before = weights(out)
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert "resuming from step 4" in done.stderr and "another run config" not in done.stderr
+    summary = train(changed, {**MODEL, "d_model": 16}, corpus, out, device="cpu")
+    assert summary["resumed_from"] == 4 and summary["step"] == 4
     assert_same_weights(weights(out), before)
 
 
