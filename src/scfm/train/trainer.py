@@ -41,6 +41,7 @@ import random
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -247,6 +248,7 @@ def _train(
         metrics.write(0, "val", _evaluate(net, val_loader, stats, run, env, autocast))
 
     # ---- the loop
+    window.start = time.perf_counter()  # throughput from here, not from the set-up
     batches = _endless(train_loader)
     bar = _progress(env, step, max_steps)
     peak = _peak_flops(env.device)
