@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib
 import inspect
 import re
@@ -31,6 +32,7 @@ ENTRY_POINTS = {
     "scfm.shard.writer:shard_dataset": ["io", "shards"],
     "scfm.shard.stats:gene_stats": ["io"],
     "scfm.tokenize.vocab:build_vocab": ["corpora.*.vocab"],
+    "scfm.tokenize.tokenizers:TokenizerConfig": ["tokenizers.*"],
     "scfm.bench.evalset:prepare_evalset": ["benchmarks.*"],
     "scfm.bench.jobs:scib_job": ["benchmarks.*.scib"],
     "scfm.bench.jobs:scgraph_job": ["benchmarks.*.scgraph"],
@@ -48,11 +50,20 @@ def _block_keys(prefix: str) -> dict[str, str]:
 def _function(target: str):
     module, name = target.split(":")
     obj = getattr(importlib.import_module(module), name)
-    return obj.__init__ if inspect.isclass(obj) else obj
+    if inspect.isclass(obj) and not dataclasses.is_dataclass(obj):
+        return obj.__init__
+    return obj
 
 
 def _default_exprs(fn) -> dict[str, ast.expr]:
     tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+    if dataclasses.is_dataclass(fn):  # field defaults are written in the class body
+        body = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)).body
+        return {
+            n.target.id: n.value
+            for n in body
+            if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name) and n.value
+        }
     node = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef))
     args = node.args
     positional = args.posonlyargs + args.args

@@ -875,7 +875,7 @@ def training_problems(config: Mapping[str, Any]) -> list[str]:
                 vocab_size=_ANY_VOCAB,
                 value_kind=value_kind,
                 n_value_tokens=n_value_tokens,
-                max_len=run.loader.get("max_len") or tok["max_len"] + 1,
+                max_len=run.loader.get("max_len") or tok["max_len"],  # genes per cell
             )
         except ScfmConfigError as exc:
             for problem in exc.problems:  # a model several runs use: reported once
@@ -903,4 +903,4 @@ def _transformer_params(model: Any) -> int:
     d, hidden = model.d_model, model.ff_hidden
     up = 2 * hidden if model.activation == "swiglu" else hidden
     layer = (3 * d * d + 3 * d) + (d * d + d) + (d * up + up) + (hidden * d + d) + 4 * d
-    return model.n_layers * layer + (model.max_len * d if model.use_positional else 0)
+    return model.n_layers * layer + (model.n_positions * d if model.use_positional else 0)

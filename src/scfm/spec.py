@@ -163,3 +163,39 @@ def iter_settings(prefix: str = "") -> Iterator[Setting]:
                 yield from walk(sub, child, depth + 1)
 
     yield from walk(start, prefix, 0)
+
+
+# -------------------------------------------------------------------- max_len: genes per cell
+
+
+def tokens_per_cell(max_len: int) -> int:
+    """Sequence length of a cell with at most ``max_len`` genes: ``<cls>`` plus the genes.
+
+    ``max_len`` means genes per cell (without ``<cls>``) everywhere -- tokenizer config, corpus
+    manifest, ``runs.<r>.loader.max_len``, :class:`scfm.data.Collator`,
+    :class:`scfm.models.ModelConfig`; this is the one place the ``<cls>`` token is added.
+    """
+    return max_len + 1
+
+
+def _min_max_len() -> int:
+    """The lower bound of ``max_len``: ``tokenizers.<t>.max_len``'s ``minimum`` in the schema."""
+    low, _ = bounds("tokenizers.*.max_len")
+    return int(low)
+
+
+def max_len_problems(value: Any, *, name: str = "max_len", nullable: bool = False) -> list[str]:
+    """The problems of a ``max_len`` (genes per cell): ``[]`` or one message naming ``name``.
+
+    The bound is the config schema's (``tokenizers.<t>.max_len``), so library objects built
+    without a config (loader, collator, model) accept exactly what a config may say. Lives here,
+    not with the tokenizers, so that config validation (which checks model blocks through
+    :class:`scfm.models.ModelConfig`) imports no numba kernels.
+    """
+    if nullable and value is None:
+        return []
+    low = _min_max_len()
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        null = "null or " if nullable else ""
+        return [f"{name}: {value!r} is not {null}an integer >= {low} (genes per cell)"]
+    return []

@@ -313,7 +313,8 @@ def _cells() -> tuple[list[np.ndarray], list[np.ndarray]]:
 
 
 def test_collate_pads_to_longest_and_truncates() -> None:
-    collate = Collator(max_len=5, value_kind="bin", n_value_tokens=10, mask_ratio=0.0)
+    # max_len counts genes: <cls> + at most 4 genes
+    collate = Collator(max_len=4, value_kind="bin", n_value_tokens=10, mask_ratio=0.0)
     out = collate(*_cells())
     assert out["genes"].tolist() == [[1, 5, 6, 7, 0], [1, 8, 0, 0, 0], [1, 9, 10, 11, 12]]
     assert out["values"].tolist() == [[0, 1, 2, 3, 0], [0, 4, 0, 0, 0], [0, 5, 6, 7, 8]]
@@ -331,10 +332,10 @@ def test_collate_pads_to_longest_and_truncates() -> None:
 
 def test_collate_pads_to_max_len() -> None:
     collate = Collator(
-        max_len=8, value_kind="bin", n_value_tokens=10, pad_to="max_len", mask_ratio=0.0
+        max_len=7, value_kind="bin", n_value_tokens=10, pad_to="max_len", mask_ratio=0.0
     )
     out = collate(*_cells())
-    assert out["genes"].shape == (3, 8)
+    assert out["genes"].shape == (3, 8)  # <cls> + 7 genes
     assert out["genes"][1].tolist() == [1, 8, 0, 0, 0, 0, 0, 0]
     assert out["padding_mask"].sum(1).tolist() == [4, 6, 1]
 
@@ -362,14 +363,14 @@ def test_collate_masks_gene_positions_only() -> None:
 def test_collate_float_and_none() -> None:
     genes, values = _cells()
     fvals = [v.astype(np.float32) + 0.5 for v in values]
-    out = Collator(max_len=5, value_kind="float", mask_ratio=0.5)(
+    out = Collator(max_len=4, value_kind="float", mask_ratio=0.5)(
         genes, fvals, rng=np.random.default_rng(0)
     )
     assert out["values"].dtype == torch.float32 and out["mask"].any()
     assert (out["values"][out["mask"]] == 0.0).all()
     assert (out["target_values"][out["mask"]] > 0).all()
 
-    collate = Collator(max_len=5, value_kind="none", mask_id=2, mask_ratio=0.5)
+    collate = Collator(max_len=4, value_kind="none", mask_id=2, mask_ratio=0.5)
     out = collate(genes, rng=np.random.default_rng(0))
     assert "values" not in out and out["mask"].any()
     assert (out["genes"][out["mask"]] == 2).all()
@@ -384,7 +385,7 @@ def test_collate_config_errors() -> None:
 
 
 def test_loader_batches_match_shard_contents(corpus: Path) -> None:
-    cfg = LoaderConfig(batch_size=16, block_size=8, max_len=12, mask_ratio=0.0, seed=2)
+    cfg = LoaderConfig(batch_size=16, block_size=8, max_len=11, mask_ratio=0.0, seed=2)
     loader = CorpusLoader(corpus, cfg)
     manifest = json.loads(corpus.read_text())
     tables = [ipc.open_file(str(corpus.parent / s["path"])).read_all() for s in manifest["shards"]]
@@ -408,7 +409,7 @@ def test_loader_float_and_none_corpora(tmp_path: Path, value_kind: str) -> None:
     batches = list(loader)
     assert sorted(cells_of(batches)) == all_train_cells(manifest)
     b = batches[0]
-    assert b["genes"].shape[1] <= MAX_GENES + 1  # default max_len = manifest max_len + 1
+    assert b["genes"].shape[1] <= MAX_GENES + 1  # default max_len: the manifest's, + <cls>
     if value_kind == "float":
         assert b["values"].dtype == torch.float32 and "target_values" in b
     else:

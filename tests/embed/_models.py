@@ -43,7 +43,7 @@ def export_fresh(
             "vocab_size": len(vocab),
             "value_kind": value_kind,
             "n_value_tokens": tok.get("n_bins") if value_kind == "bin" else None,
-            "max_len": tok["max_len"] + 1,
+            "max_len": tok["max_len"],
             "d_model": 32,
             "n_heads": 2,
             "n_layers": 1,

@@ -16,7 +16,7 @@ from scfm.data import CorpusLoader, LoaderConfig
 from scfm.embed import masked_prediction, open_model_file
 from scfm.errors import ScfmInputError
 from scfm.models import ValueStats
-from scfm.train.trainer import _trivial
+from scfm.train.net import trivial_row
 
 # training writes its value statistics into model.pt: the trivial predictors' columns carry
 # the names of metrics.tsv
@@ -93,7 +93,7 @@ def test_training_value_stats_in_the_model_file_are_used(adata, corpus, fresh) -
     path = fresh(name="withstats", objectives={"ordinal": 1.0}, extra={"value_stats": saved})
     table = masked_prediction(adata, path)
     # the column names of metrics.tsv, plus the source of the statistics
-    expected = set(_trivial("ordinal", sample[0], stats)) | {"trivial_stats"}
+    expected = set(trivial_row("ordinal", sample[0], stats)) | {"trivial_stats"}
     assert {c for c in table.columns if c.startswith("trivial_")} == expected
     assert (table["trivial_stats"] == "train").all()
     evalfit = masked_prediction(adata, fresh(name="nostats", objectives={"ordinal": 1.0}))

@@ -143,7 +143,7 @@ def export_untrained(path: Path, vocab_path: Path) -> Path:
             "vocab_size": len(vocab),
             "value_kind": "bin",
             "n_value_tokens": BINNED["n_bins"],
-            "max_len": BINNED["max_len"] + 1,
+            "max_len": BINNED["max_len"],
             "d_model": 16,
             "n_heads": 2,
             "n_layers": 1,

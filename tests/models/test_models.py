@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -291,3 +292,39 @@ def test_panel_input_by_hand() -> None:
     assert net.n_inputs == 6
     full = PanelModel(make_cfg("none", kind="vae", panel_size=20))
     assert full.n_inputs == 20  # no mask flags for rank tokens
+
+
+# --------------------------------------------------------------------------- max_len
+
+
+def test_max_len_counts_genes_and_has_one_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``max_len`` is genes per cell in the tokenizer, loader, collator and model; ``<cls>`` is
+    added by one function; the lower bound is the config schema's, checked by one validator."""
+    from scfm import spec as tok
+    from scfm.data import Collator, LoaderConfig
+    from scfm.tokenize import TokenizerConfig
+
+    cfg = ModelConfig.from_dict({"vocab_size": 20, "value_kind": "none", "max_len": 6})
+    assert cfg.n_positions == tok.tokens_per_cell(6) == 7
+    collate = Collator(max_len=6, value_kind="none", pad_to="max_len", mask_ratio=0.0)
+    batch = collate([np.arange(3, 13)])  # 10 genes: <cls> + the first 6
+    assert batch["genes"].shape == (1, 7)
+    model = build_model(cfg)  # value kind "none": learned positions, one per token
+    assert model.position_embedding.num_embeddings == 7
+    assert model(batch)["position_states"].shape[:2] == (1, 7)
+
+    build = {
+        "tokenizer": lambda n: TokenizerConfig(kind="binned", max_len=n),
+        "loader": lambda n: LoaderConfig(max_len=n),
+        "collator": lambda n: Collator(max_len=n, value_kind="float"),
+        "model": lambda n: ModelConfig(vocab_size=20, value_kind="float", max_len=n),
+    }
+    schema_min = tok._min_max_len()
+    for make in build.values():
+        make(schema_min)
+        with pytest.raises((ValueError, ScfmConfigError), match=f"max_len.*>= {schema_min}"):
+            make(schema_min - 1)
+    monkeypatch.setattr(tok, "_min_max_len", lambda: 5)  # the schema's bound, moved
+    for make in build.values():
+        with pytest.raises((ValueError, ScfmConfigError), match=r"max_len.*>= 5"):
+            make(4)

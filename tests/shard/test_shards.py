@@ -17,6 +17,7 @@ from scfm.errors import ScfmInputError
 from scfm.io.download import hash_file
 from scfm.io.simulate import simulate_counts
 from scfm.shard import assign_splits, gene_stats, merge_manifests, shard_dataset
+from scfm.shard.manifest import CorpusManifest
 from scfm.tokenize import TokenizerConfig, Vocab, build_vocab, tokenize_csr, write_vocab
 from scfm.tokenize.tokenizers import cell_seeds
 
@@ -265,9 +266,18 @@ def test_merge_checks_vocab_hash_and_sums_splits(corpus):
     merged = merge_manifests(
         mans, out, corpus="corp", tokenizer="binned", vocab_path=corpus["vocab"]
     )
-    assert sum(merged["splits"].values()) == 600
-    assert (out.parent / merged["vocab_path"]).resolve() == corpus["vocab"].resolve()
-    assert all((out.parent / s["path"]).exists() for s in merged["shards"])
+    assert sum(merged.splits.values()) == 600
+    assert (out.parent / merged.vocab_path).resolve() == corpus["vocab"].resolve()
+    assert all((out.parent / s.path).exists() for s in merged.shards)
+    # what was written is what the type reads back, and its JSON is the one written before
+    read = CorpusManifest.read(out)
+    assert read == merged and read.vocab_file.resolve() == corpus["vocab"].resolve()
+    raw = json.loads(out.read_text())
+    assert list(raw)[:11] == [
+        "corpus", "tokenizer", "tokenizer_params", "vocab_path", "vocab_hash", "vocab_size",
+        "special_tokens", "value_kind", "n_value_tokens", "max_len", "shards",
+    ]  # fmt: skip
+    assert list(raw["shards"][0]) == ["path", "dataset", "split", "n_cells", "n_tokens", "sha256"]
     other_vocab = d / "other.tsv"
     write_vocab(build_vocab({"a": corpus["a"]}, min_cells=0), other_vocab)
     with pytest.raises(ScfmInputError, match=r"vocab_hash: .* differs from"):

@@ -187,7 +187,7 @@ def test_random_subset_is_seeded_per_cell_and_chunk_independent():
     ("kwargs", "message"),
     [
         ({"kind": "bpe"}, "kind: 'bpe' is unknown"),
-        ({"kind": "binned", "max_len": 1}, "max_len: 1 < 2"),
+        ({"kind": "binned", "max_len": 1}, "max_len: 1 is not an integer >= 2"),
         ({"kind": "binned", "n_bins": 1}, "n_bins: 1 < 2"),
         ({"kind": "rank", "genes": "panel"}, "rank encoding orders the expressed genes"),
     ],

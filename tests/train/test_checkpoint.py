@@ -94,3 +94,40 @@ def test_export_model_is_weights_only_loadable(tmp_path: Path) -> None:
     torch.save({"format": "other"}, tmp_path / "x.pt")
     with pytest.raises(ValueError, match="not an scfm-model/1 file"):
         load_model_file(tmp_path / "x.pt")
+
+
+def test_model_files_from_before_max_len_counted_genes_are_read_in_genes() -> None:
+    """model.pt files written while model_config.max_len counted <cls> too are converted."""
+    from scfm.train.checkpoint import MAX_LEN_COUNTS, model_config_dict
+
+    new = {"model_config": {"max_len": 24}, MAX_LEN_COUNTS: "genes"}
+    old = {"model_config": {"max_len": 25}}
+    assert model_config_dict(new)["max_len"] == model_config_dict(old)["max_len"] == 24
+    assert old["model_config"]["max_len"] == 25  # the payload itself is left as it is
+
+
+def test_resume_identity_and_stale_checkpoints(tmp_path: Path) -> None:
+    from scfm.train.checkpoint import resume_identity
+
+    run = {"optimizer": {"lr": 1.0}, "schedule": {"min_lr_ratio": 0.1}, "log_every": 5}
+    corpus = {"vocab_hash": "v", "shards": "s"}
+    a = resume_identity(run, {"d_model": 8}, corpus, max_steps=10)
+    assert a == resume_identity({**run, "log_every": 1}, {"d_model": 8}, corpus, max_steps=10)
+    assert a != resume_identity(run, {"d_model": 8}, corpus, max_steps=20)  # cosine length
+    flat = {**run, "schedule": {"min_lr_ratio": 1.0}}
+    assert resume_identity(flat, {}, corpus, max_steps=10) == resume_identity(
+        flat, {}, corpus, max_steps=20
+    )
+    old = CheckpointManager(tmp_path, identity=a)
+    for step in (2, 4):
+        old.save(step, state(step))
+    CheckpointManager(tmp_path).save(1, state(1))  # no identity recorded (an older scfm)
+    b = resume_identity({**run, "optimizer": {"lr": 2.0}}, {"d_model": 8}, corpus, max_steps=10)
+    new = CheckpointManager(tmp_path, identity=b)
+    assert new.load_latest() is None
+    stale = new.stale()
+    assert stale[2] == stale[4] == ["run.optimizer.lr: 1.0 -> 2.0"]
+    assert "no run config recorded" in stale[1][0]
+    assert CheckpointManager(tmp_path, identity=a).load_latest(max_step=3)["step"] == 2  # type: ignore[index]
+    new.set_aside(stale)
+    assert new.steps() == [] and len(list((tmp_path / "stale").glob("*.pt"))) == 3

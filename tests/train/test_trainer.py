@@ -8,6 +8,7 @@ one thread, so an interrupted-and-resumed run must equal an uninterrupted one bi
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import signal
@@ -288,7 +289,7 @@ def test_nan_loss_stops_with_step_and_objective(
     corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = {"n": 0}
-    build = trainer_mod._build_objectives
+    build = trainer_mod.build_objectives
 
     def poisoned(run: RunConfig, mcfg: Any) -> Any:
         objectives = build(run, mcfg)
@@ -306,7 +307,7 @@ def test_nan_loss_stops_with_step_and_objective(
         mse.forward = nan_on_fifth_micro_batch
         return objectives
 
-    monkeypatch.setattr(trainer_mod, "_build_objectives", poisoned)
+    monkeypatch.setattr(trainer_mod, "build_objectives", poisoned)
     out = tmp_path / "nan"
     with pytest.raises(TrainingDivergedError, match=r"step 5: objective mse \(rank 0"):
         train(run_config(checkpoint_every=2), MODEL, corpus, out, device="cpu")
@@ -366,3 +367,89 @@ def test_schedule_warmup_then_cosine_to_min() -> None:
     assert [s(i) for i in range(4)] == [0.25, 0.5, 0.75, 1.0]
     assert s(4) == 1.0 and s(14) == pytest.approx(0.1) and s(100) == pytest.approx(0.1)
     assert s(9) == pytest.approx(0.55)
+
+
+# --------------------------------------------------------------------------- resume identity
+
+
+def test_rerun_after_a_config_change_trains_afresh_not_from_the_old_checkpoints(
+    corpus: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The train rule's command (``python -m scfm.train``) rerun in a finished run's directory.
+
+    After the learning rate changed, the rerun must not resume at max_steps and export the
+    old weights: it sets the old checkpoints aside (naming the changed field), trains from
+    step 0 and ends with the weights of a fresh run of the new config. After the model's size
+    changed, the same (no ``size mismatch``). Only a rerun of the same config resumes.
+    """
+    torch.set_num_threads(1)
+    out = tmp_path / "run"
+    first = run_config(max_steps=4, checkpoint_every=2)
+    train(first, MODEL, corpus, out, device="cpu")
+    old = weights(out)
+
+    changed = run_config(max_steps=4, checkpoint_every=2, optimizer={"lr": 1e-3})
+    cmd, env = cli(out, corpus, changed)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "resuming from step" not in done.stderr
+    assert "made under another run config" in done.stderr
+    assert "run.optimizer.lr: 0.003 -> 0.001" in done.stderr
+    assert sorted(p.name for p in (out / "checkpoints" / "stale").glob("*.pt")) == [
+        "step-00000002.pt",
+        "step-00000004.pt",
+    ]
+    model = load_model_file(out / "model.pt")
+    assert model["run_config"]["optimizer"]["lr"] == 1e-3 and model["step"] == 4
+    assert any(not torch.equal(model["state_dict"][k], old[k]) for k in old)
+    fresh = tmp_path / "fresh"
+    train(changed, MODEL, corpus, fresh, device="cpu")
+    assert_same_weights(weights(out), weights(fresh))
+    rows = [line.split("\t")[:3] for line in (out / "metrics.tsv").read_text().splitlines()]
+    assert rows == [
+        line.split("\t")[:3] for line in (fresh / "metrics.tsv").read_text().splitlines()
+    ]
+
+    # an architecture change: trains afresh too (no `size mismatch` from load_state_dict)
+    with caplog.at_level(logging.INFO, logger="scfm.train"):
+        summary = train(changed, {**MODEL, "d_model": 16}, corpus, out, device="cpu")
+    assert summary["resumed_from"] is None and "model.d_model: 32 -> 16" in caplog.text
+    assert load_model_file(out / "model.pt")["model_config"]["d_model"] == 16
+
+    # the same config again: resumes at the end, trains nothing, keeps the weights
+    before = weights(out)
+    summary = train(changed, {**MODEL, "d_model": 16}, corpus, out, device="cpu")
+    assert summary["resumed_from"] == 4 and summary["step"] == 4
+    assert_same_weights(weights(out), before)
+
+
+def test_what_invalidates_a_checkpoint(corpus: Path, tmp_path: Path) -> None:
+    """Logging and checkpoint cadence do not; a longer run resumes only with a constant rate
+    after warm-up (and then equals a fresh longer run); a longer cosine run, other objectives,
+    mask ratio or corpus start afresh."""
+    torch.set_num_threads(1)
+    out = tmp_path / "run"
+    base = run_config(max_steps=4, checkpoint_every=2, val_every=0)
+    assert train(base, MODEL, corpus, out, device="cpu")["resumed_from"] is None
+    cadence = {**base, "log_every": 1, "keep_checkpoints": 5, "stats_batches": 2}
+    assert train(cadence, MODEL, corpus, out, device="cpu")["resumed_from"] == 4
+    # cosine decay: the schedule's length changes every step's rate -> afresh
+    longer = {**base, "max_steps": 6}
+    assert train(longer, MODEL, corpus, out, device="cpu")["resumed_from"] is None
+    for change in ({"mask_ratio": 0.3}, {"objectives": {"mse": 1.0, "ce": 1.0}}):
+        assert train({**base, **change}, MODEL, corpus, out, device="cpu")["resumed_from"] is None
+    other = make_corpus(tmp_path / "other", n_cells=200)
+    assert train(base, MODEL, other, out, device="cpu")["resumed_from"] is None
+
+    # a constant rate after warm-up: a longer run continues, exactly as a fresh one would run
+    flat = {**base, "schedule": {"warmup_steps": 2, "min_lr_ratio": 1.0}}
+    assert train(flat, MODEL, corpus, out, device="cpu")["resumed_from"] is None
+    summary = train({**flat, "max_steps": 6}, MODEL, corpus, out, device="cpu")
+    assert summary["resumed_from"] == 4 and summary["step"] == 6
+    fresh = tmp_path / "fresh"
+    train({**flat, "max_steps": 6}, MODEL, corpus, fresh, device="cpu")
+    assert_same_weights(weights(out), weights(fresh))
+    # shorter than the newest checkpoint: those past it are set aside, the rest resumes
+    summary = train({**flat, "max_steps": 5}, MODEL, corpus, out, device="cpu")
+    assert summary["resumed_from"] == 4 and summary["step"] == 5
+    assert (out / "checkpoints" / "stale" / "step-00000006.pt").is_file()

@@ -24,7 +24,7 @@ import pyarrow.ipc as ipc
 
 from scfm.errors import ScfmInputError
 from scfm.shard.corpus import SPLITS
-from scfm.shard.writer import read_manifest
+from scfm.shard.manifest import CorpusManifest
 
 log = logging.getLogger("scfm.bench")
 
@@ -37,18 +37,17 @@ def corpus_cell_ids(manifest: str | Path, dataset: str) -> dict[str, pd.Index]:
 
     Only the ``cell_id`` column is read (shards are memory-mapped Arrow IPC files).
     """
-    manifest = Path(manifest)
-    meta = read_manifest(manifest)
+    meta = CorpusManifest.read(manifest)
     ids: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
-    for shard in meta.get("shards", []):
-        if shard.get("dataset") != dataset:
+    for shard in meta.shards:
+        if shard.dataset != dataset:
             continue
-        path = manifest.parent / shard["path"]
+        path = meta.resolve(shard.path)
         if not path.is_file():
             raise ScfmInputError(
                 manifest,
                 "shards[].path",
-                f"shard {shard['path']} of dataset {dataset} is missing",
+                f"shard {shard.path} of dataset {dataset} is missing",
                 "the corpus' shard files beside its manifest (rerun the shard job)",
             )
         with pa.memory_map(str(path)) as source:
@@ -56,7 +55,7 @@ def corpus_cell_ids(manifest: str | Path, dataset: str) -> dict[str, pd.Index]:
             column = [
                 reader.get_batch(i).column("cell_id") for i in range(reader.num_record_batches)
             ]
-            ids[shard["split"]].append(
+            ids[shard.split].append(
                 pa.chunked_array(column, type=pa.string()).to_numpy(zero_copy_only=False)
             )
     return {
@@ -81,7 +80,7 @@ def leakage_table(
         rows.append(
             {
                 "method": run,
-                "corpus": read_manifest(manifest).get("corpus", ""),
+                "corpus": CorpusManifest.read(manifest).corpus,
                 "n_cells": len(cells),
                 **{f"n_{s}": counts[s] for s in SPLITS},
                 "train_fraction": counts["train"] / len(cells) if len(cells) else 0.0,

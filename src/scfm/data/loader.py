@@ -48,6 +48,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from scfm.errors import ScfmConfigError, ScfmInputError
 from scfm.io.download import hash_file
+from scfm.shard.manifest import CorpusManifest
+from scfm.spec import max_len_problems, tokens_per_cell
 
 ValueKind = Literal["bin", "count", "float", "none"]
 PadTo = Literal["longest", "max_len"]
@@ -75,10 +77,11 @@ class LoaderConfig:
     batch_size
         Cells per batch.
     max_len
-        Tokens per cell including ``<cls>``; longer cells are truncated (the first genes in the
-        tokenizer's order are kept). ``None``: the manifest's ``max_len`` + 1.
+        Genes per cell (``<cls>`` is added: rows have up to ``max_len + 1`` tokens); longer
+        cells are truncated (the first genes in the tokenizer's order are kept). ``None``: the
+        manifest's ``max_len``.
     pad_to
-        "longest": pad to the longest cell of the batch; "max_len": always to ``max_len``.
+        "longest": pad to the longest cell of the batch; "max_len": always to ``max_len`` genes.
     mask_ratio
         Probability that a gene position is masked (Bernoulli per position, so the count varies
         per cell); 0 disables masking.
@@ -120,8 +123,7 @@ class LoaderConfig:
                 problems.append(f"{name}: {getattr(self, name)!r} is not an integer >= {low}")
         if not _is_int(self.seed) or not 0 <= self.seed < 2**63:
             problems.append(f"seed: {self.seed!r} is not an integer in [0, 2**63)")
-        if self.max_len is not None and (not _is_int(self.max_len) or self.max_len < 2):
-            problems.append(f"max_len: {self.max_len!r} is not null or an integer >= 2")
+        problems += max_len_problems(self.max_len, nullable=True)
         if self.pad_to not in ("longest", "max_len"):
             problems.append(f"pad_to: {self.pad_to!r} is not 'longest' or 'max_len'")
         ratio = self.mask_ratio
@@ -181,22 +183,23 @@ class Corpus:
     pickled, so DataLoader workers started by spawn map their own.
     """
 
-    def __init__(self, manifest_path: Path, manifest: dict[str, Any], split: str) -> None:
+    def __init__(self, manifest_path: Path, manifest: CorpusManifest, split: str) -> None:
         self.manifest_path = manifest_path
+        self.manifest = manifest
         self.split = split
-        self.value_kind: ValueKind = manifest["value_kind"]
-        self.n_value_tokens: int | None = manifest.get("n_value_tokens")
-        self.max_len: int = manifest["max_len"]
-        self.vocab_hash: str = manifest["vocab_hash"]
-        self.special_tokens: dict[str, int] = dict(manifest["special_tokens"])
+        self.value_kind: ValueKind = manifest.value_kind  # type: ignore[assignment]
+        self.n_value_tokens: int | None = manifest.n_value_tokens
+        self.max_len: int = manifest.max_len  # genes per cell
+        self.vocab_hash: str = manifest.vocab_hash
+        self.special_tokens: dict[str, int] = dict(manifest.special_tokens)
         root = manifest_path.parent
         self.shards = tuple(
-            ShardInfo(i, root / s["path"], s["dataset"], s["split"], s["n_cells"], s["sha256"])
-            for i, s in enumerate(manifest["shards"])
+            ShardInfo(i, root / s.path, s.dataset, s.split, s.n_cells, s.sha256)
+            for i, s in enumerate(manifest.shards)
         )
         self.split_shards = tuple(s for s in self.shards if s.split == split and s.n_cells > 0)
         self.n_cells = sum(s.n_cells for s in self.split_shards)
-        weights = manifest.get("weights") or {}
+        weights = manifest.weights or {}
         self.weights_by: str | None = weights.get("by")
         self.weight_values: dict[str, float] = dict(weights.get("values") or {})
         self._mapped: dict[int, _MappedShard] = {}
@@ -217,7 +220,7 @@ class Corpus:
             the manifest.
         """
         path = Path(manifest_path)
-        manifest = _read_manifest(path)
+        manifest = CorpusManifest.read(path)
         corpus = cls(path, manifest, split)
         if corpus.n_cells == 0:
             raise ScfmInputError(
@@ -291,62 +294,9 @@ class Corpus:
                 )
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ScfmInputError(path, "file", "missing", "a corpus manifest.json") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ScfmInputError(path, "file", f"not readable JSON ({e})") from None
-
-
-def _read_manifest(path: Path) -> dict[str, Any]:
-    """The manifest with the fields the loader relies on checked (types, ranges)."""
-    m = _read_json(path)
-    if not isinstance(m, dict):
-        raise ScfmInputError(path, "(top level)", f"a {type(m).__name__}", "a JSON object")
-    kind = m.get("value_kind")
-    if kind not in VALUE_KINDS:
-        raise ScfmInputError(path, "value_kind", repr(kind), f"one of {VALUE_KINDS}")
-    nvt = m.get("n_value_tokens")
-    if kind in ("bin", "count") and (not _is_int(nvt) or nvt < 1):
-        raise ScfmInputError(path, "n_value_tokens", repr(nvt), f"an integer >= 1 for {kind!r}")
-    if not _is_int(m.get("max_len")) or m["max_len"] < 1:
-        raise ScfmInputError(path, "max_len", repr(m.get("max_len")), "an integer >= 1")
-    if not isinstance(m.get("vocab_hash"), str):
-        raise ScfmInputError(path, "vocab_hash", repr(m.get("vocab_hash")), "a string")
-    special = m.get("special_tokens")
-    if not isinstance(special, dict) or not all(_is_int(special.get(t)) for t in _NEEDED):
-        raise ScfmInputError(path, "special_tokens", repr(special), f"integer ids for {_NEEDED}")
-    if not isinstance(m.get("shards"), list):
-        raise ScfmInputError(path, "shards", repr(m.get("shards")), "a list of shard entries")
-    for i, s in enumerate(m["shards"]):
-        _check_shard_entry(path, i, s)
-    weights = m.get("weights")
-    if weights is not None and not (
-        isinstance(weights, dict) and isinstance(weights.get("values", {}), dict | None)
-    ):
-        raise ScfmInputError(path, "weights", repr(weights), "{'by': ..., 'values': {...}}")
-    return m
-
-
-_NEEDED = ("<pad>", "<cls>")
-_SHARD_FIELDS = {"path": str, "dataset": str, "split": str, "sha256": str}
-
-
-def _check_shard_entry(path: Path, i: int, s: object) -> None:
-    if not isinstance(s, dict):
-        raise ScfmInputError(path, f"shards[{i}]", repr(s), "an object")
-    for key, typ in _SHARD_FIELDS.items():
-        if not isinstance(s.get(key), typ):
-            raise ScfmInputError(path, f"shards[{i}].{key}", repr(s.get(key)), "a string")
-    if not _is_int(s.get("n_cells")) or s["n_cells"] < 0:
-        raise ScfmInputError(path, f"shards[{i}].n_cells", repr(s.get("n_cells")), "int >= 0")
-
-
-def _check_split_count(path: Path, manifest: dict[str, Any], split: str, n_cells: int) -> None:
+def _check_split_count(path: Path, manifest: CorpusManifest, split: str, n_cells: int) -> None:
     """The manifest's ``splits`` total, when given, must match its shards."""
-    declared = (manifest.get("splits") or {}).get(split)
+    declared = (manifest.splits or {}).get(split)
     if declared is not None and declared != n_cells:
         raise ScfmInputError(
             path,
@@ -512,7 +462,7 @@ def _encode_strings(column: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
 class Collator:
     """Turn cells (gene ids + values) into a padded, optionally masked batch of tensors.
 
-    Each row is ``<cls>`` followed by the cell's first ``max_len - 1`` genes, then ``<pad>``.
+    Each row is ``<cls>`` followed by the cell's first ``max_len`` genes, then ``<pad>``.
     Output keys: ``genes`` (int64 [B, L]); ``values`` (int64 for bin/count, float32 for float;
     absent for value kind "none"; 0 at ``<cls>`` and padding); ``padding_mask`` (bool, True =
     pad). When ``mask_ratio > 0`` also ``mask`` (bool, True = masked; never ``<cls>`` or pad)
@@ -525,7 +475,8 @@ class Collator:
     Parameters
     ----------
     max_len
-        Tokens per row including ``<cls>``.
+        Genes per row (rows have up to :func:`~scfm.tokenize.tokenizers.tokens_per_cell`
+        tokens: ``<cls>`` and the genes).
     value_kind
         The manifest's ``value_kind``.
     n_value_tokens
@@ -549,8 +500,7 @@ class Collator:
 
     def __post_init__(self) -> None:
         problems = []
-        if not _is_int(self.max_len) or self.max_len < 2:
-            problems.append(f"max_len: {self.max_len!r} is not an integer >= 2")
+        problems += max_len_problems(self.max_len)
         if self.value_kind not in VALUE_KINDS:
             problems.append(f"value_kind: {self.value_kind!r} is not one of {VALUE_KINDS}")
         if self.value_kind in ("bin", "count") and not (
@@ -603,8 +553,9 @@ class Collator:
         """
         if self.value_kind != "none" and values is None:
             raise ValueError(f"value_kind {self.value_kind!r} needs values")
-        lens = np.minimum([len(g) for g in genes], self.max_len - 1).astype(np.int64)
-        width = self.max_len if self.pad_to == "max_len" else 1 + int(lens.max(initial=0))
+        lens = np.minimum([len(g) for g in genes], self.max_len).astype(np.int64)
+        longest = self.max_len if self.pad_to == "max_len" else int(lens.max(initial=0))
+        width = tokens_per_cell(longest)
         out, arrays = _arena(self._layout(len(genes), width, cell_index), share_memory)
         self._fill(arrays, genes, values, lens)
         if self.mask_ratio > 0:
@@ -835,7 +786,7 @@ class CellBatchDataset(IterableDataset):
         self.epoch, self.skip, self.rotate = epoch, tuple(skip), rotate
         special = corpus.special_tokens
         self.collator = Collator(
-            max_len=config.max_len or corpus.max_len + 1,
+            max_len=config.max_len or corpus.max_len,
             value_kind=corpus.value_kind,
             n_value_tokens=corpus.n_value_tokens,
             pad_id=special["<pad>"],

@@ -2,7 +2,7 @@
 
 The cells are tokenized and collated as in training and masked with the run's
 ``mask_ratio`` (batch ``k`` with ``numpy.random.default_rng([seed, k])``); the losses are
-computed by the trainer's validation code (:func:`scfm.train.trainer.evaluate_batches`), so a
+computed by the trainer's validation code (:func:`scfm.train.net.evaluate_batches`), so a
 row here means what a val row of the run's ``metrics.tsv`` means.
 
 Trivial predictors need value statistics. Training takes them from its train split; a
@@ -36,7 +36,7 @@ from scfm.errors import ScfmConfigError, ScfmInputError
 from scfm.models import ValueStats
 from scfm.train.config import RunConfig
 from scfm.train.distributed import DistEnv
-from scfm.train.trainer import _build_objectives, _Net, evaluate_batches
+from scfm.train.net import PretrainingNet, build_objectives, evaluate_batches
 
 log = logging.getLogger("scfm.embed")
 
@@ -94,7 +94,7 @@ def masked_prediction(
     rows = _sample_rows(adata.n_obs, max_cells, seed)
     if len(rows) == 0:
         raise ScfmInputError(path, "obs", "no cells", "at least one cell to evaluate")
-    net = _Net(model.build(dev), _objectives(model, run)).to(dev).eval()
+    net = PretrainingNet(model.build(dev), _objectives(model, run)).to(dev).eval()
 
     def stream() -> CellStream:
         return CellStream(adata, model, chunk_cells=chunk_cells, rows=rows, path=path)
@@ -126,7 +126,7 @@ def _run_config(model: ModelFile) -> RunConfig:
 
 
 def _objectives(model: ModelFile, run: RunConfig) -> nn.ModuleDict:
-    objectives = _build_objectives(run, model.config)
+    objectives = build_objectives(run, model.config)
     heads = model.payload.get("heads")
     if heads is None:
         raise ScfmInputError(model.path, "heads", "missing", f"{EXPECTED}, with objective heads")

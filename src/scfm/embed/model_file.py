@@ -27,7 +27,7 @@ from scfm.paths import check_input
 from scfm.shard.stats import inverse_medians
 from scfm.tokenize.tokenizers import TokenizerConfig
 from scfm.tokenize.vocab import CLS, MASK, PAD, Vocab
-from scfm.train.checkpoint import MODEL_FORMAT
+from scfm.train.checkpoint import MODEL_FORMAT, model_config_dict
 
 EXPECTED = f"a model.pt written by scfm training ({MODEL_FORMAT})"
 _REQUIRED = ("state_dict", "model_config", "vocab", "tokenizer", "vocab_hash")
@@ -110,7 +110,7 @@ def open_model_file(path: str | Path, *, gene_stats: str | Path | None = None) -
     path = Path(path)
     payload = _load(path)
     try:
-        config = ModelConfig.from_dict(payload["model_config"])
+        config = ModelConfig.from_dict(model_config_dict(payload))
     except (ScfmConfigError, TypeError) as e:
         raise ScfmInputError(path, "model_config", f"invalid ({e})", EXPECTED) from None
     vocab = _vocab(path, payload)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from scfm.errors import ScfmConfigError
+from scfm.spec import max_len_problems, tokens_per_cell
 
 ModelKind = Literal["transformer", "mlp", "vae"]
 ValueKind = Literal["bin", "count", "float", "none"]
@@ -39,7 +40,8 @@ class ModelConfig:
         Bins or count tokens (bin/count only). The value embedding has ``n_value_tokens + 1``
         rows: the extra one is the mask value the collator writes at masked positions.
     max_len
-        Tokens per cell including ``<cls>`` (sizes the positional embedding when there is one).
+        Genes per cell, without ``<cls>`` (the corpus' ``max_len``); the positional embedding,
+        when there is one, has :attr:`n_positions` rows (``<cls>`` and the genes).
     d_model, n_layers, n_heads
         Transformer width, depth and heads (``d_model % n_heads == 0``). The panel baselines
         use ``d_model`` as the width of their per-position decoder features.
@@ -97,9 +99,9 @@ class ModelConfig:
             problems.append(f"kind: {self.kind!r} is not one of {MODEL_KINDS}")
         if self.value_kind not in VALUE_KINDS:
             problems.append(f"value_kind: {self.value_kind!r} is not one of {VALUE_KINDS}")
+        problems += max_len_problems(self.max_len)
         for name, low in (
             ("vocab_size", 3),
-            ("max_len", 2),
             ("d_model", 1),
             ("n_layers", 1),
             ("n_heads", 1),
@@ -166,6 +168,11 @@ class ModelConfig:
         if self.activation == "swiglu":
             return max(8, round(2 * d_ff / 3 / 8) * 8)
         return d_ff
+
+    @property
+    def n_positions(self) -> int:
+        """Longest token sequence of a cell: ``<cls>`` plus ``max_len`` genes."""
+        return tokens_per_cell(self.max_len)
 
     @property
     def use_positional(self) -> bool:

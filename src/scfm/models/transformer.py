@@ -121,7 +121,7 @@ class CellTransformer(nn.Module):
         elif cfg.value_kind == "float":
             self.value_embedding = nn.Sequential(nn.Linear(1, d), nn.GELU(), nn.Linear(d, d))
             self.mask_value = nn.Parameter(torch.zeros(d))
-        self.position_embedding = nn.Embedding(cfg.max_len, d) if cfg.use_positional else None
+        self.position_embedding = nn.Embedding(cfg.n_positions, d) if cfg.use_positional else None
         self.conditions = ConditionEmbedding(cfg.n_conditions, d) if cfg.n_conditions else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))

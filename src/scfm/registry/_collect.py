@@ -110,45 +110,47 @@ def _raw(outputs: list[Path], workdir: Path) -> tuple[list[Path], list[str], Non
 def _corpus(
     outputs: list[Path], workdir: Path
 ) -> tuple[list[Path], list[str], dict[str, Any], dict[str, Any]]:
+    from scfm.shard.manifest import CorpusManifest  # the shard stage's imports: corpus jobs only
+
     manifest_path = next(p for p in outputs if p.name == "manifest.json")
-    manifest = json.loads(manifest_path.read_text())
-    registered = manifest.get("registry") or {}
+    manifest = CorpusManifest.read(manifest_path)
+    registered = manifest.registry or {}
     if registered.get("manifest_uid"):
         # Fetched from a registered corpus (source lamindb): its shards and vocabulary are
         # byte-identical copies of registered files, so only this manifest is new; it is linked
         # to the original collection's manifest, whose lineage leads to the QC'd data.
         info = {
-            "corpus": manifest.get("corpus"),
-            "tokenizer": manifest.get("tokenizer"),
-            "vocab_hash": manifest.get("vocab_hash"),
+            "corpus": manifest.corpus,
+            "tokenizer": manifest.tokenizer,
+            "vocab_hash": manifest.vocab_hash,
             "registered_corpus": {k: registered.get(k) for k in ("uid", "key")},
             "input_uids": [registered["manifest_uid"]],
         }
         return [manifest_path], [], None, info
     base = manifest_path.parent
-    shards = files(base / s["path"] for s in manifest["shards"])
-    per_dataset = files(base / "datasets" / d / "manifest.json" for d in manifest["datasets"])
-    vocab = files([base / manifest["vocab_path"]])
-    if (manifest.get("tokenizer_params") or {}).get("kind") == "rank" and vocab:
+    shards = files(manifest.resolve(s.path) for s in manifest.shards)
+    per_dataset = files(base / "datasets" / d / "manifest.json" for d in manifest.datasets)
+    vocab = files([manifest.vocab_file])
+    if manifest.tokenizer_params.get("kind") == "rank" and vocab:
         vocab += files([vocab[0].parent / "gene_stats.tsv"])  # rank tokens are read with it
-    lineage = [str(d["source"]) for d in manifest["datasets"].values() if d.get("source")]
-    n_cells = sum((manifest.get("splits") or {}).values())
+    lineage = [str(d["source"]) for d in manifest.datasets.values() if d.get("source")]
+    n_cells = sum((manifest.splits or {}).values())
     collection = {
         "key": key_of(base, workdir),
         "artifacts": [key_of(p, workdir) for p in shards],
         "meta": key_of(manifest_path, workdir),
         "description": (
-            f"scfm corpus {manifest.get('corpus')} tokenized with {manifest.get('tokenizer')}: "
+            f"scfm corpus {manifest.corpus} tokenized with {manifest.tokenizer}: "
             f"{len(shards)} shards, {n_cells} cells"
         ),
     }
     info = {
-        "corpus": manifest.get("corpus"),
-        "tokenizer": manifest.get("tokenizer"),
-        "vocab_hash": manifest.get("vocab_hash"),
-        "splits": manifest.get("splits"),
+        "corpus": manifest.corpus,
+        "tokenizer": manifest.tokenizer,
+        "vocab_hash": manifest.vocab_hash,
+        "splits": dict(manifest.splits) if manifest.splits is not None else None,
         "n_shards": len(shards),
-        "datasets": sorted(manifest.get("datasets") or {}),
+        "datasets": sorted(manifest.datasets),
     }
     return [*shards, *per_dataset, *vocab, manifest_path], lineage, collection, info
 

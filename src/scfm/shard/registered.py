@@ -20,10 +20,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from scfm.atomic import write_text_atomic
 from scfm.errors import ScfmInputError
 from scfm.io.sources.lamindb import link_copy
 from scfm.provenance import created
+from scfm.shard.manifest import CorpusManifest
 from scfm.tokenize.tokenizers import TokenizerConfig
 from scfm.tokenize.vocab import Vocab
 
@@ -37,7 +37,7 @@ SHARDS_DIR = "datasets"
 
 def _fetch(
     corpus: str, tokenizer: str, cfg: dict[str, Any], *, shards: bool = True
-) -> tuple[dict[str, Any], Any]:
+) -> tuple[dict[str, Any], CorpusManifest]:
     """The registry's record of ``corpora.<corpus>.collections.<tokenizer>`` and its manifest."""
     from scfm.registry import RegistrySettings, ScfmRegistryNotFound, fetch_corpus
 
@@ -53,8 +53,7 @@ def _fetch(
             str(exc),
             "the key or uid of a registered corpus (`scfm registry list --kind corpus`)",
         ) from None
-    manifest = json.loads(Path(record["manifest"]["path"]).read_text())
-    return record, manifest
+    return record, CorpusManifest.read(record["manifest"]["path"])
 
 
 def fetch_corpus_file(corpus: str, cfg: dict[str, Any], name: str, out: str | Path) -> Path:
@@ -69,7 +68,7 @@ def fetch_corpus_file(corpus: str, cfg: dict[str, Any], name: str, out: str | Pa
     tried = []
     for tokenizer in cfg["collections"]:
         record, manifest = _fetch(corpus, tokenizer, cfg, shards=False)
-        vocab_key = posixpath.normpath(posixpath.join(record["key"], manifest["vocab_path"]))
+        vocab_key = posixpath.normpath(posixpath.join(record["key"], manifest.vocab_path))
         key = posixpath.join(posixpath.dirname(vocab_key), name)
         if key in record["files"]:
             link_copy(Path(record["files"][key]["path"]), Path(out))
@@ -93,7 +92,7 @@ def fetch_registered_corpus(
     tokenizer_cfg: dict[str, Any],
     vocab_path: str | Path,
     manifest_out: str | Path,
-) -> dict[str, Any]:
+) -> CorpusManifest:
     """Fetch the shards of ``corpora.<corpus>.collections.<tokenizer>``; write its manifest.
 
     The shards land under ``manifest_out``'s directory at the registered manifest's relative
@@ -103,7 +102,7 @@ def fetch_registered_corpus(
     record, manifest = _fetch(corpus, tokenizer, cfg)
     where = record["key"]
     ours = TokenizerConfig.from_config(tokenizer_cfg).params()
-    theirs = manifest.get("tokenizer_params") or {}
+    theirs = dict(manifest.tokenizer_params)
     for key in sorted(ours.keys() | theirs.keys()):
         if ours.get(key) != theirs.get(key):
             raise ScfmInputError(
@@ -114,19 +113,19 @@ def fetch_registered_corpus(
                 f"tokenizers.{tokenizer} as the corpus was built ({json.dumps(theirs)})",
             )
     vocab = Vocab.read(vocab_path)
-    if vocab.hash != manifest["vocab_hash"]:
+    if vocab.hash != manifest.vocab_hash:
         raise ScfmInputError(
             where,
             "vocab_hash",
-            f"{manifest['vocab_hash']} differs from {vocab_path} ({vocab.hash})",
+            f"{manifest.vocab_hash} differs from {vocab_path} ({vocab.hash})",
             "every collection of a registered corpus to share one vocabulary",
         )
     out_dir = Path(manifest_out).parent
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".registered-", dir=out_dir))
     try:
-        for entry in manifest["shards"]:
-            rel = _relative(entry["path"], where)
+        for entry in manifest.shards:
+            rel = _relative(entry.path, where)
             key = posixpath.join(where, rel)
             if key not in record["files"]:
                 raise ScfmInputError(
@@ -138,9 +137,9 @@ def fetch_registered_corpus(
             dest = tmp / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
             copied = link_copy(Path(record["files"][key]["path"]), dest)  # hashes the copy
-            if copied["sha256"] != entry["sha256"]:
+            if copied["sha256"] != entry.sha256:
                 raise ScfmInputError(
-                    key, "sha256", "the shard differs from its manifest entry", entry["sha256"]
+                    key, "sha256", "the shard differs from its manifest entry", entry.sha256
                 )
         for key, meta in record["files"].items():  # per-dataset manifests, for provenance
             rel = posixpath.relpath(key, where)
@@ -152,26 +151,25 @@ def fetch_registered_corpus(
         (tmp / SHARDS_DIR).rename(out_dir / SHARDS_DIR)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    local = {
-        **manifest,
-        "corpus": corpus,
-        "tokenizer": tokenizer,
-        "vocab_path": posixpath.relpath(Path(vocab_path).resolve(), out_dir.resolve()),
-        "created": created(),
-        "registry": {
+    local = manifest.replace(
+        corpus=corpus,
+        tokenizer=tokenizer,
+        vocab_path=posixpath.relpath(Path(vocab_path).resolve(), out_dir.resolve()),
+        created=created(),
+        registry={
             "uid": record["uid"],
             "key": record["key"],
             "manifest_uid": record["manifest"]["uid"],
             "where": cfg.get("registry"),
             "run": record.get("run"),
         },
-    }
-    write_text_atomic(Path(manifest_out), json.dumps(local, indent=2, default=str))
+    )
+    local.write(manifest_out)
     log.info(
         "%s/%s: %d shards of the registered corpus %s (uid %s)",
         corpus,
         tokenizer,
-        len(manifest["shards"]),
+        len(manifest.shards),
         record["key"],
         record["uid"],
     )

@@ -31,6 +31,7 @@ from scfm.io.h5ad import read_dataframe
 from scfm.provenance import created, versions
 from scfm.shard.chunks import CsrChunks
 from scfm.shard.corpus import SPLITS, assign_splits, select_cells
+from scfm.shard.manifest import CorpusManifest, ShardEntry
 from scfm.shard.stats import inverse_medians
 from scfm.spec import default
 from scfm.tokenize.tokenizers import (
@@ -322,7 +323,7 @@ def shard_dataset(
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
-    """Read a dataset or corpus shard manifest."""
+    """Read a dataset's shard manifest (a corpus manifest: :meth:`CorpusManifest.read`)."""
     return json.loads(Path(path).read_text())
 
 
@@ -334,8 +335,8 @@ def merge_manifests(
     tokenizer: str,
     vocab_path: str | Path,
     weights: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Combine the per-dataset manifests of a corpus into its ``manifest.json``.
+) -> CorpusManifest:
+    """Combine the per-dataset manifests of a corpus into its ``manifest.json``; return it.
 
     Every dataset must have been sharded with the same vocabulary (hash) and tokenizer.
     """
@@ -374,25 +375,23 @@ def merge_manifests(
         raise ScfmInputError(
             out, "shards", f"corpus {corpus} has no cells after filters", "at least one cell"
         )
-    manifest = {
-        "corpus": corpus,
-        "tokenizer": tokenizer,
-        "tokenizer_params": merged["tokenizer_params"],
-        "vocab_path": os.path.relpath(Path(vocab_path).resolve(), out.parent.resolve()),
-        "vocab_hash": vocab.hash,
-        "vocab_size": len(vocab),
-        "special_tokens": vocab.special_ids(),
-        "value_kind": merged["value_kind"],
-        "n_value_tokens": merged["n_value_tokens"],
-        "max_len": merged["max_len"],
-        "shards": merged["shards"],
-        "splits": {
-            s: sum(x["n_cells"] for x in merged["shards"] if x["split"] == s) for s in SPLITS
-        },
-        "datasets": merged["datasets"],
-        "weights": dict(weights) if weights else None,
-        "created": created(),
-        "versions": versions(),
-    }
-    write_text_atomic(out, json.dumps(manifest, indent=2))
+    manifest = CorpusManifest(
+        corpus=corpus,
+        tokenizer=tokenizer,
+        tokenizer_params=merged["tokenizer_params"],
+        vocab_path=os.path.relpath(Path(vocab_path).resolve(), out.parent.resolve()),
+        vocab_hash=vocab.hash,
+        vocab_size=len(vocab),
+        special_tokens=vocab.special_ids(),
+        value_kind=merged["value_kind"],
+        n_value_tokens=merged["n_value_tokens"],
+        max_len=merged["max_len"],
+        shards=tuple(ShardEntry(**s) for s in merged["shards"]),
+        splits={s: sum(x["n_cells"] for x in merged["shards"] if x["split"] == s) for s in SPLITS},
+        datasets=merged["datasets"],
+        weights=dict(weights) if weights else None,
+        created=created(),
+        versions=versions(),
+    )
+    manifest.write(out)
     return manifest

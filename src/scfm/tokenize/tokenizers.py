@@ -34,6 +34,7 @@ import scipy.sparse as sp
 
 from scfm.errors import ScfmInputError
 from scfm.rule_params import token_keys
+from scfm.spec import default, max_len_problems
 from scfm.tokenize import kernels
 from scfm.tokenize.binary import tokenize_binary
 from scfm.tokenize.vocab import Vocab
@@ -65,15 +66,15 @@ class TokenizerConfig:
     """One ``tokenizers.<name>`` block (see the config schema for each field)."""
 
     kind: str
-    max_len: int = 1200
-    n_bins: int = 51
-    vocab_size: int = 64
-    target_sum: float = 1e4
-    genes: str = "nonzero"
-    top_k: int = 512
-    seed: int = 0
-    max_missing_fraction: float = 0.5
-    negatives: float = 1.0
+    max_len: int = default("tokenizers.*.max_len")
+    n_bins: int = default("tokenizers.*.n_bins")
+    vocab_size: int = default("tokenizers.*.vocab_size")
+    target_sum: float = default("tokenizers.*.target_sum")
+    genes: str = default("tokenizers.*.genes")
+    top_k: int = default("tokenizers.*.top_k")
+    seed: int = default("tokenizers.*.seed")
+    max_missing_fraction: float = default("tokenizers.*.max_missing_fraction")
+    negatives: float = default("tokenizers.*.negatives")
 
     def __post_init__(self) -> None:
         problems = []
@@ -81,8 +82,7 @@ class TokenizerConfig:
             problems.append(f"kind: {self.kind!r} is unknown; expected one of {sorted(KINDS)}")
         if self.genes not in MODES:
             problems.append(f"genes: {self.genes!r} is unknown; expected one of {sorted(MODES)}")
-        if self.max_len < 2:
-            problems.append(f"max_len: {self.max_len} < 2; expected room for <cls> and a gene")
+        problems += max_len_problems(self.max_len)
         if self.n_bins < 2:
             problems.append(f"n_bins: {self.n_bins} < 2; expected 0 for zero plus at least one bin")
         if not 2 <= self.vocab_size <= 32767:

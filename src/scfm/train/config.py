@@ -89,7 +89,8 @@ class RunConfig:
         Train batches sampled at start for the trivial predictors' statistics.
     loader
         Extra :class:`~scfm.data.LoaderConfig` fields (block_size, shuffle_buffer, weighted,
-        pad_to, max_len, drop_last, verify).
+        pad_to, max_len, drop_last, verify); ``max_len`` counts genes per cell, like the
+        tokenizer's (``<cls>`` is added on top).
     """
 
     objectives: tuple[ObjectiveSpec, ...] = (ObjectiveSpec("mse"),)

@@ -3,9 +3,12 @@
 Per step: learning rate -> ``grad_accum`` micro-batches (forward, loss, backward; DDP syncs
 gradients on the last one) -> clip (and check the norm is finite) -> AdamW step -> log ->
 validate -> checkpoint. Everything that must survive a restart (model and objective heads,
-optimizer, schedule, every rank's loader position and RNG states, step) goes through one
+optimizer, schedule, every rank's loader position, RNG states and logging window, the metrics
+rows) is a component with ``state_dict``/``load_state_dict`` handed to one
 :class:`~scfm.train.checkpoint.CheckpointManager`; a rerun resumes from the newest valid
-checkpoint by itself.
+checkpoint by itself -- only one made under the same run, model and corpus (its
+:func:`~scfm.train.checkpoint.resume_identity`); checkpoints of another config are moved
+aside and the run starts from step 0 (docs/training.md, "Resuming").
 
 Loss normalisation. Each micro-batch's loss is the weighted sum of its objectives' means;
 micro-batch ``m`` of a step contributes ``cells_m / cells_step`` of it, ``cells_step`` being
@@ -39,8 +42,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +51,13 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+import scfm.models
 from scfm.atomic import atomic_path, write_text_atomic
 from scfm.data import CorpusLoader, LoaderConfig
 from scfm.errors import ScfmConfigError, ScfmInputError
+from scfm.shard.manifest import CorpusManifest
 from scfm.tokenize.vocab import Vocab
-from scfm.train.checkpoint import CheckpointManager, export_model
+from scfm.train.checkpoint import CheckpointManager, Stateful, export_model, resume_identity
 from scfm.train.config import RunConfig
 from scfm.train.distributed import (
     DistEnv,
@@ -63,6 +67,16 @@ from scfm.train.distributed import (
     gather_objects,
     setup_distributed,
     teardown_distributed,
+)
+from scfm.train.net import (
+    LossWindow,
+    PretrainingNet,
+    build_objectives,
+    evaluate_batches,
+    reduce_window,
+    to_device,
+    trivial_row,
+    weighted_loss,
 )
 
 log = logging.getLogger(__name__)
@@ -75,50 +89,6 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 class TrainingDivergedError(RuntimeError):
     """A non-finite loss or gradient: the update was not applied, no checkpoint was written."""
-
-
-@dataclass
-class _Window:
-    """Sums over the current logging window (this rank's share, reduced when logged)."""
-
-    loss: dict[str, float] = field(default_factory=dict)  # objective -> sum(loss * n)
-    n: dict[str, float] = field(default_factory=dict)
-    trivial: dict[tuple[str, str], float] = field(default_factory=dict)  # sum(t * n)
-    trivial_n: dict[tuple[str, str], float] = field(default_factory=dict)
-    tokens: float = 0.0
-    cells: float = 0.0
-    flops: float = 0.0
-    start: float = field(default_factory=time.perf_counter)
-
-    def add(self, name: str, loss: float, n: float, trivial: dict[str, float]) -> None:
-        self.loss[name] = self.loss.get(name, 0.0) + loss * n
-        self.n[name] = self.n.get(name, 0.0) + n
-        for key, value in trivial.items():
-            if math.isfinite(value):
-                k = (name, key)
-                self.trivial[k] = self.trivial.get(k, 0.0) + value * n
-                self.trivial_n[k] = self.trivial_n.get(k, 0.0) + n
-
-    def state_dict(self) -> dict[str, Any]:
-        """The sums so far, so that a run stopped between two log steps logs the same row."""
-        pairs = lambda d: [[a, b, v] for (a, b), v in d.items()]  # noqa: E731
-        return {
-            "loss": dict(self.loss),
-            "n": dict(self.n),
-            "trivial": pairs(self.trivial),
-            "trivial_n": pairs(self.trivial_n),
-            "counts": [self.tokens, self.cells, self.flops],
-        }
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any] | None) -> _Window:
-        w = cls()
-        if state:  # checkpoints older than this field start an empty window
-            w.loss, w.n = dict(state["loss"]), dict(state["n"])
-            w.trivial = {(a, b): v for a, b, v in state["trivial"]}
-            w.trivial_n = {(a, b): v for a, b, v in state["trivial_n"]}
-            w.tokens, w.cells, w.flops = state["counts"]
-        return w
 
 
 # --------------------------------------------------------------------------- the loop
@@ -200,9 +170,9 @@ def _train(
     max_steps = _max_steps(run, train_loader, env)
 
     # ---- model, objective heads, optimizer, schedule
-    model = _models().build_model(mcfg).to(env.device)
-    objectives = _build_objectives(run, mcfg)
-    net = _Net(model, objectives).to(env.device)
+    model = scfm.models.build_model(mcfg).to(env.device)
+    objectives = build_objectives(run, mcfg)
+    net = PretrainingNet(model, objectives).to(env.device)
     optimizer = _optimizer(net, run, env.device)
     schedule = Schedule(
         run.optimizer.lr, run.schedule.warmup_steps, max_steps, run.schedule.min_lr_ratio
@@ -213,19 +183,56 @@ def _train(
         fwd = DistributedDataParallel(fwd, device_ids=ids)
     autocast = _autocast(run.precision, env.device)
 
-    # ---- resume, or start fresh
-    ckpt = CheckpointManager(out / "checkpoints", keep=run.keep_checkpoints)
+    # ---- resume (only a checkpoint of this very run), or start fresh
     meta = {
         "run_config": run.to_dict(),
         "model_config": mcfg.to_dict(),
         "vocab": corpus["vocab"],
         "tokenizer": corpus["tokenizer"],
         "vocab_hash": corpus["vocab_hash"],
+        "world_size": env.world_size,
     }
-    state = ckpt.load_latest()
+    identity = resume_identity(
+        meta["run_config"], meta["model_config"], corpus["identity"], max_steps=max_steps
+    )
+    ckpt = CheckpointManager(
+        out / "checkpoints", keep=run.keep_checkpoints, identity=identity, writer=env.is_main
+    )
+    state = ckpt.load_latest(max_step=max_steps)
+    stale = ckpt.stale(max_step=max_steps)
+    all_reduce_sum(torch.zeros(1), env)  # every rank has read before rank 0 moves files
+    if env.is_main and ckpt.set_aside(stale) is not None:
+        (out / "model.pt").unlink(missing_ok=True)  # exported under the other config
+    window = LossWindow()
+    metrics = _Metrics(
+        out / "metrics.tsv",
+        _trivial_columns(stats, run, train_loader),
+        env,
+        tensorboard=run.tensorboard,
+    )
+    # what a checkpoint holds: each component's state_dict (per-rank ones from every rank)
+    components: dict[str, Stateful] = {
+        "model": net.model,
+        "heads": net.objectives,
+        "optimizer": optimizer,
+        "schedule": schedule,
+        "loader": _PerRank(train_loader, env),
+        "rng": _PerRank(_RngState(), env),
+        # the logging window's sums: a stop between two log steps logs the same row
+        "window": _PerRank(window, env),
+        # Snakemake deletes the outputs of a failed job (metrics.tsv among them): the resumed
+        # run restores the rows from the checkpoint
+        "metrics": metrics,
+    }
     step = 0
     if state is not None:
-        step = _restore(state, net, optimizer, schedule, train_loader, env, run)
+        if state["world_size"] != env.world_size:
+            raise ScfmConfigError(
+                [f"world size: checkpoint {state['world_size']}, now {env.world_size}"],
+                source="resume (run with the world size that wrote the checkpoints)",
+            )
+        ckpt.restore(state, components)
+        step = int(state["step"])
         log.info("resuming from step %d (%s)", step, ckpt.path(step))
     else:
         # per-rank streams for dropout and subsets; Python's and NumPy's too, so that the
@@ -234,14 +241,6 @@ def _train(
         random.seed(run.seed + env.rank)
         np.random.seed(run.seed + env.rank)
     resumed_from = step or None
-    metrics = _Metrics(
-        out / "metrics.tsv",
-        _trivial_columns(stats, run, train_loader),
-        env,
-        resume_step=step,
-        saved=state.get("metrics") if state is not None else None,
-        tensorboard=run.tensorboard,
-    )
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
         _write_config_yaml(out / "config.yaml", meta, env, max_steps)
@@ -249,7 +248,7 @@ def _train(
         metrics.write(0, "val", _evaluate(net, val_loader, stats, run, env, autocast))
 
     # ---- the loop
-    window = _Window.from_state(state["window"][env.rank] if state and "window" in state else None)
+    window.start = time.perf_counter()  # throughput from here, not from the set-up
     batches = _endless(train_loader)
     bar = _progress(env, step, max_steps)
     peak = _peak_flops(env.device)
@@ -265,8 +264,8 @@ def _train(
             share = len(batch["genes"]) / float(cells_step)
             with sync:
                 with autocast:
-                    results = fwd(_to_device(batch, env.device))
-                    total = _weighted(net.objectives, results)
+                    results = fwd(to_device(batch, env.device))
+                    total = weighted_loss(net.objectives, results)
                 (total * share * env.world_size).backward()  # DDP averages over ranks
             step_losses.append({k: float(r.loss.detach()) for k, r in results.items()})
             _account(window, batch, results, stats, net, env)
@@ -279,15 +278,17 @@ def _train(
         bar.update(1)
 
         if step % run.log_every == 0 or step == max_steps:
-            rows = _reduce_window(window, net.objectives, env, peak)
+            rows = reduce_window(window, net.objectives, env, peak)
             metrics.write(step, "train", rows, lr=lr, grad_norm=grad_norm)
             bar.set_postfix(loss=f"{rows['total']['loss']:.4f}")
-            window = _Window()
+            window.reset()
         if val_loader is not None and (step % run.val_every == 0 or step == max_steps):
             metrics.write(step, "val", _evaluate(net, val_loader, stats, run, env, autocast))
         stopping = bool(all_reduce_max(torch.tensor(int(stop.requested)), env))
         if step % run.checkpoint_every == 0 or step == max_steps or stopping:
-            _save(ckpt, step, net, optimizer, schedule, train_loader, window, env, meta, metrics)
+            ckpt.save(step, {**components, **meta})
+            # nobody runs ahead into a step whose checkpoint might still be missing
+            all_reduce_sum(torch.zeros(1), env)
         if stopping:
             log.warning("stopped by signal after step %d (checkpoint written)", step)
             break
@@ -327,36 +328,7 @@ def _train(
     }
 
 
-# --------------------------------------------------------------------------- model glue
-
-
-def _models() -> Any:
-    import scfm.models
-
-    return scfm.models
-
-
-class _Net(nn.Module):
-    """The model plus its objectives (heads included): one module for DDP and the optimizer."""
-
-    def __init__(self, model: nn.Module, objectives: nn.ModuleDict) -> None:
-        super().__init__()
-        self.model = model
-        self.objectives = objectives
-
-    def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
-        outputs = self.model(batch)
-        return {name: obj(self.model, batch, outputs) for name, obj in self.objectives.items()}
-
-
-def _build_objectives(run: RunConfig, mcfg: Any) -> nn.ModuleDict:
-    """Objectives (and their heads) by name; each knows its ``weight``."""
-    built = _models().build_objectives(run.to_dict()["objectives"], mcfg)
-    return nn.ModuleDict({o.name: o for o in built})
-
-
-def _weighted(objectives: nn.ModuleDict, results: dict[str, Any]) -> torch.Tensor:
-    return sum(objectives[k].weight * r.loss for k, r in results.items())  # type: ignore[return-value]
+# --------------------------------------------------------------------------- statistics
 
 
 def _value_stats(manifest_path: Path, train_cfg: LoaderConfig, run: RunConfig, mcfg: Any) -> Any:
@@ -369,12 +341,7 @@ def _value_stats(manifest_path: Path, train_cfg: LoaderConfig, run: RunConfig, m
     loader = CorpusLoader(manifest_path, cfg, num_workers=0, rank=0, world_size=1)
     with contextlib.closing(iter(loader)) as it:
         sample = [b for _, b in zip(range(run.stats_batches), it, strict=False)]
-    return _models().ValueStats.from_batches(sample, mcfg)
-
-
-def _trivial(name: str, batch: dict[str, Any], stats: Any) -> dict[str, float]:
-    out = _models().trivial_losses(name, batch, stats)
-    return {k if k.startswith("trivial_") else f"trivial_{k}": float(v) for k, v in out.items()}
+    return scfm.models.ValueStats.from_batches(sample, mcfg)
 
 
 def _trivial_columns(stats: Any, run: RunConfig, loader: CorpusLoader) -> list[str]:
@@ -383,18 +350,18 @@ def _trivial_columns(stats: Any, run: RunConfig, loader: CorpusLoader) -> list[s
     probe = CorpusLoader(loader.corpus.manifest_path, cfg, num_workers=0, rank=0, world_size=1)
     with contextlib.closing(iter(probe)) as it:
         batch = next(it)
-    names = {k for o in run.objectives for k in _trivial(o.name, batch, stats)}
+    names = {k for o in run.objectives for k in trivial_row(o.name, batch, stats)}
     return sorted(names)
 
 
-def _model_config(model_cfg: Any, manifest: dict[str, Any], run: RunConfig) -> Any:
+def _model_config(model_cfg: Any, manifest: CorpusManifest, run: RunConfig) -> Any:
     """The model config with the corpus' vocabulary size, value kind and length filled in."""
-    config_cls = _models().ModelConfig
+    config_cls = scfm.models.ModelConfig
     corpus = {
-        "vocab_size": manifest["vocab_size"],
-        "value_kind": manifest["value_kind"],
-        "n_value_tokens": manifest.get("n_value_tokens"),
-        "max_len": run.loader.get("max_len") or manifest["max_len"] + 1,
+        "vocab_size": manifest.vocab_size,
+        "value_kind": manifest.value_kind,
+        "n_value_tokens": manifest.n_value_tokens,
+        "max_len": run.loader.get("max_len") or manifest.max_len,
     }
     given = model_cfg.to_dict() if isinstance(model_cfg, config_cls) else dict(model_cfg)
     problems = [
@@ -411,16 +378,16 @@ def _model_config(model_cfg: Any, manifest: dict[str, Any], run: RunConfig) -> A
 
 
 def _account(
-    window: _Window,
+    window: LossWindow,
     batch: dict[str, Any],
     results: dict[str, Any],
     stats: Any,
-    net: _Net,
+    net: PretrainingNet,
     env: DistEnv,
 ) -> None:
     """Add one micro-batch's losses, trivial losses and work to the logging window."""
     for name, r in results.items():
-        window.add(name, float(r.loss.detach()), float(r.n), _trivial(name, batch, stats))
+        window.add(name, float(r.loss.detach()), float(r.n), trivial_row(name, batch, stats))
     tokens = int((~batch["padding_mask"]).sum())
     window.tokens += tokens
     window.cells += len(batch["genes"])
@@ -430,37 +397,13 @@ def _account(
         window.flops += 3.0 * flops_per_token(length) * b * length  # forward + backward
 
 
-def _reduce_window(
-    window: _Window, objectives: nn.ModuleDict, env: DistEnv, peak: float | None
-) -> dict[str, dict]:
-    """Pool the window over ranks: per-objective rows plus "total" (their weighted sum)."""
-    names = sorted(window.loss)
-    tkeys = sorted(window.trivial)
-    flat = [window.loss[k] for k in names] + [window.n[k] for k in names]
-    flat += [window.trivial[k] for k in tkeys] + [window.trivial_n[k] for k in tkeys]
-    flat += [window.tokens, window.cells, window.flops]
-    sums = all_reduce_sum(torch.tensor(flat, dtype=torch.float64), env).tolist()
-    k, t = len(names), len(tkeys)
-    loss, n = sums[:k], sums[k : 2 * k]
-    triv, triv_n = sums[2 * k : 2 * k + t], sums[2 * k + t : 2 * k + 2 * t]
-    tokens, cells, flops = sums[2 * k + 2 * t :]
-    seconds = max(time.perf_counter() - window.start, 1e-9)
-    rows: dict[str, dict] = {
-        name: {"loss": loss[i] / max(n[i], 1e-12), "n": int(n[i])} for i, name in enumerate(names)
-    }
-    for i, (name, key) in enumerate(tkeys):
-        rows[name][key] = triv[i] / max(triv_n[i], 1e-12)
-    rows["total"] = {
-        "loss": sum(objectives[name].weight * rows[name]["loss"] for name in names),
-        "tokens_per_s": tokens / seconds,
-        "cells_per_s": cells / seconds,
-        "mfu": flops / seconds / (peak * env.world_size) if peak and flops else None,
-    }
-    return rows
-
-
 def _evaluate(
-    net: _Net, loader: CorpusLoader, stats: Any, run: RunConfig, env: DistEnv, autocast: Any
+    net: PretrainingNet,
+    loader: CorpusLoader,
+    stats: Any,
+    run: RunConfig,
+    env: DistEnv,
+    autocast: Any,
 ) -> dict[str, dict]:
     """Loss on the first ``val_batches`` batches of val (the same batches and masks each time)."""
     net.eval()
@@ -469,27 +412,6 @@ def _evaluate(
         rows = evaluate_batches(net, itertools.islice(it, run.val_batches), stats, env, autocast)
     net.train()
     return rows
-
-
-@torch.no_grad()
-def evaluate_batches(
-    net: _Net, batches: Iterable[dict[str, Any]], stats: Any, env: DistEnv, autocast: Any
-) -> dict[str, dict]:
-    """Validation rows over ``batches``: each objective's loss and trivial predictors, "total".
-
-    The definition of the val rows of ``metrics.tsv``: per objective the loss pooled over the
-    batches (mean over its ``n`` positions or cells) with the trivial predictors' losses on
-    the same positions, and "total" (the weighted sum of the pooled losses); pooled over
-    ranks when ``env`` is distributed. ``net`` should be in eval mode.
-    """
-    window = _Window()
-    for batch in batches:
-        with autocast:
-            results = net(_to_device(batch, env.device))
-        for name, r in results.items():
-            window.add(name, float(r.loss), float(r.n), _trivial(name, batch, stats))
-    rows = _reduce_window(window, net.objectives, env, None)
-    return {k: {"loss": v["loss"]} if k == "total" else v for k, v in rows.items()}
 
 
 def _diverged(
@@ -516,15 +438,6 @@ def _endless(loader: CorpusLoader) -> Iterator[dict[str, Any]]:
     """Batches across epochs (the loader advances its epoch when one is exhausted)."""
     while True:
         yield from loader
-
-
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    if device.type == "cpu":
-        return batch
-    return {
-        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-        for k, v in batch.items()
-    }
 
 
 # --------------------------------------------------------------------------- set-up
@@ -634,16 +547,9 @@ def _max_steps(run: RunConfig, loader: CorpusLoader, env: DistEnv) -> int:
 
 
 def _read_corpus(manifest_path: Path) -> dict[str, Any]:
-    """Manifest, vocabulary (plain lists), tokenizer parameters and vocab hash."""
-    import json
-
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ScfmInputError(
-            manifest_path, "file", f"not readable ({e})", "a corpus manifest"
-        ) from None
-    vocab_path = manifest_path.parent / manifest.get("vocab_path", "vocab.tsv")
+    """Manifest, vocabulary (plain lists), tokenizer parameters, vocab hash, corpus identity."""
+    manifest = CorpusManifest.read(manifest_path)
+    vocab_path = manifest.vocab_file
     if not vocab_path.is_file():
         raise ScfmInputError(
             manifest_path,
@@ -652,11 +558,11 @@ def _read_corpus(manifest_path: Path) -> dict[str, Any]:
             "the corpus vocabulary (model.pt stores it)",
         )
     vocab = Vocab.read(vocab_path)
-    if vocab.hash != manifest.get("vocab_hash"):
+    if vocab.hash != manifest.vocab_hash:
         raise ScfmInputError(
             vocab_path,
             "hash",
-            f"{vocab.hash} != manifest {manifest.get('vocab_hash')}",
+            f"{vocab.hash} != manifest {manifest.vocab_hash}",
             "the vocabulary the shards were made with",
         )
     table = vocab.table
@@ -667,112 +573,62 @@ def _read_corpus(manifest_path: Path) -> dict[str, Any]:
             "kind": table["kind"].astype(str).tolist(),
             "gene_symbol": table["gene_symbol"].fillna("").astype(str).tolist(),
         },
-        "tokenizer": {
-            "name": manifest.get("tokenizer", ""),
-            **(manifest.get("tokenizer_params") or {}),
-        },
+        "tokenizer": {"name": manifest.tokenizer, **manifest.tokenizer_params},
         "vocab_hash": vocab.hash,
+        "identity": manifest.identity(),
     }
 
 
 # --------------------------------------------------------------------------- checkpoints
 
 
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-        "python": random.getstate(),
-    }
+class _RngState:
+    """The process's random number generators (torch, CUDA, NumPy, Python) as a component."""
+
+    def state_dict(self) -> dict[str, Any]:
+        np_state = np.random.get_state()
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+            "python": random.getstate(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        name, keys, *rest = state["numpy"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
+class _PerRank:
+    """A component whose state differs between ranks.
 
-
-def _save(
-    ckpt: CheckpointManager,
-    step: int,
-    net: _Net,
-    optimizer: torch.optim.Optimizer,
-    schedule: Schedule,
-    loader: CorpusLoader,
-    window: _Window,
-    env: DistEnv,
-    meta: dict[str, Any],
-    metrics: _Metrics,
-) -> None:
-    """Every rank contributes its loader position and RNG state; rank 0 writes.
-
-    The rows of metrics.tsv so far go in too: Snakemake deletes the outputs of a failed job
-    (metrics.tsv among them), and the resumed run restores them from the checkpoint.
+    Saved as the list of every rank's state (a collective call), restored from this rank's.
     """
-    loaders = gather_objects(loader.state_dict(), env)
-    windows = gather_objects(window.state_dict(), env)
-    rngs = gather_objects(_rng_state(), env)
-    if env.is_main:
-        ckpt.save(
-            step,
-            {
-                "model": net.model.state_dict(),
-                "heads": net.objectives.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(),
-                "loader": loaders,
-                "rng": rngs,
-                "world_size": env.world_size,
-                "metrics": metrics.text(),
-                # the logging window's sums: a stop between two log steps logs the same row
-                "window": windows,
-                **meta,
-            },
-        )
-    # nobody runs ahead into a step whose checkpoint might still be missing
-    all_reduce_sum(torch.zeros(1), env)
 
+    def __init__(self, component: Stateful, env: DistEnv) -> None:
+        self.component, self.env = component, env
 
-def _restore(
-    state: dict[str, Any],
-    net: _Net,
-    optimizer: torch.optim.Optimizer,
-    schedule: Schedule,
-    loader: CorpusLoader,
-    env: DistEnv,
-    run: RunConfig,
-) -> int:
-    if state["world_size"] != env.world_size:
-        raise ScfmConfigError(
-            [f"world size: checkpoint {state['world_size']}, now {env.world_size}"],
-            source="resume (run with the world size that wrote the checkpoints)",
-        )
-    changed = sorted(k for k, v in run.to_dict().items() if state["run_config"].get(k) != v)
-    if changed:
-        log.warning("run config changed since the checkpoint: %s", ", ".join(changed))
-    net.model.load_state_dict(state["model"])
-    net.objectives.load_state_dict(state["heads"])
-    optimizer.load_state_dict(state["optimizer"])
-    schedule.load_state_dict(state["schedule"])
-    loader.load_state_dict(state["loader"][env.rank])
-    _set_rng_state(state["rng"][env.rank])
-    return int(state["step"])
+    def state_dict(self) -> list[Any]:
+        return gather_objects(self.component.state_dict(), self.env)
+
+    def load_state_dict(self, states: list[Any]) -> None:
+        self.component.load_state_dict(states[self.env.rank])
 
 
 # --------------------------------------------------------------------------- outputs
 
 
 class _Metrics:
-    """``metrics.tsv`` (rank 0 only); on resume, rows after the checkpoint's step are dropped.
+    """``metrics.tsv`` (rank 0 only), its rows kept in memory too.
 
-    On resume the rows come from the checkpoint (``saved``, the file's text when it was
-    written); the file's own rows are used only for checkpoints older than that field.
+    A component of the checkpoint: ``state_dict`` is the rows so far (the file's text),
+    ``load_state_dict`` replaces the file's rows with a checkpoint's (rows written after the
+    checkpoint are dropped).
     """
 
     def __init__(
@@ -781,8 +637,6 @@ class _Metrics:
         trivial: list[str],
         env: DistEnv,
         *,
-        resume_step: int,
-        saved: str | None = None,
         tensorboard: bool,
     ) -> None:
         self.path, self.env, self.last = path, env, {}
@@ -802,17 +656,7 @@ class _Metrics:
         self.tb = None
         if not env.is_main:
             return
-        kept: list[dict[str, str]] = []
-        if resume_step and (saved is not None or path.is_file()):
-            text = saved if saved is not None else path.read_text()
-            rows = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t")
-            kept = [r for r in rows if int(r["step"]) <= resume_step]
-        buf = io.StringIO(newline="")
-        w = csv.DictWriter(buf, self.columns, delimiter="\t", extrasaction="ignore")
-        w.writeheader()
-        w.writerows(kept)
-        self._text = buf.getvalue()
-        self._rewrite()
+        self.load_state_dict(None)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -821,9 +665,21 @@ class _Metrics:
             except ImportError:
                 log.warning("tensorboard is not installed: no TensorBoard logs")
 
-    def text(self) -> str | None:
+    def state_dict(self) -> str | None:
         """The rows so far (rank 0; ``None`` elsewhere), from memory: the file may be gone."""
         return self._text if self.env.is_main else None
+
+    def load_state_dict(self, text: str | None) -> None:
+        """Rewrite the file with the rows of ``text`` (a checkpoint's; ``None``: none)."""
+        if not self.env.is_main:
+            return
+        rows = csv.DictReader(io.StringIO(text or "", newline=""), delimiter="\t")
+        buf = io.StringIO(newline="")
+        w = csv.DictWriter(buf, self.columns, delimiter="\t", extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+        self._text = buf.getvalue()
+        self._rewrite()
 
     def _rewrite(self) -> None:
         """The whole file from memory (start, or after someone deleted it), atomically."""
@@ -898,7 +754,7 @@ def _plot(metrics_path: Path, png: Path) -> None:
 def _peak_flops(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
-    return _models().peak_flops_for_device(torch.cuda.get_device_name(device))
+    return scfm.models.peak_flops_for_device(torch.cuda.get_device_name(device))
 
 
 class _Progress:
