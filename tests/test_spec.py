@@ -169,3 +169,63 @@ def test_provenance_records_spell_the_version_one_way():
         for pattern in (r'"scfm_version"\s*:', r'"scfm"\s*:\s*__version__'):
             offenders += [f"{path.name}: {m.group(0)}" for m in re.finditer(pattern, text)]
     assert not offenders, offenders
+
+
+def _numeric_bounds(prefix: str):
+    for s in iter_settings(prefix):
+        kinds = s.schema.get("type")
+        kinds = kinds if isinstance(kinds, list) else [kinds]
+        if not {"integer", "number"} & set(kinds):
+            continue
+        for key in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+            if key in s.schema:
+                yield s, key, s.schema[key], "integer" in kinds
+
+
+def _outside(bound: str, value: float, integer: bool) -> float:
+    step = 1 if integer else 1e-9
+    if bound == "minimum":
+        return value - step
+    if bound == "exclusiveMinimum":
+        return value
+    if bound == "maximum":
+        return value + step
+    return value
+
+
+def test_run_and_model_bounds_agree_with_their_dataclasses():
+    """Runs and models are checked by the schema and again by RunConfig / ModelConfig (the
+    trainer is also a library, used without a config): the two must refuse the same values.
+    Each numeric bound of the schema is tried just outside: the dataclass refuses it too."""
+    from scfm.data import LoaderConfig
+    from scfm.errors import ScfmConfigError
+    from scfm.models.config import ModelConfig
+    from scfm.train.config import RunConfig
+
+    base_run = {"corpus": "c", "tokenizer": "t", "model": "m", "max_steps": 10}
+    checked = 0
+    for s, bound, value, integer in _numeric_bounds("runs.*"):
+        path = s.key.split(".")[2:]
+        if path[0] in ("max_steps", "epochs"):
+            continue  # oneOf: either one; covered by the schema alone
+        if path[0] == "loader":  # checked by the loader's own config when training starts
+            with pytest.raises((ScfmConfigError, ValueError)):
+                LoaderConfig(**{path[1]: _outside(bound, value, integer)})
+            checked += 1
+            continue
+        block: dict = dict(base_run)
+        node = block
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = _outside(bound, value, integer)
+        with pytest.raises((ScfmConfigError, ValueError)):
+            RunConfig.from_dict(block, source="runs.r")
+        checked += 1
+    for s, bound, value, integer in _numeric_bounds("models.*"):
+        name = s.key.split(".")[2]
+        data = {"vocab_size": 20, "value_kind": "bin", "n_value_tokens": 8, "max_len": 10}
+        data[name] = _outside(bound, value, integer)
+        with pytest.raises((ScfmConfigError, ValueError)):
+            ModelConfig.from_dict(data)
+        checked += 1
+    assert checked > 20
