@@ -19,7 +19,7 @@ Steps, each in a fresh Python process pinned to one core (``taskset -c <cpu>``,
 * ``baseline``        imports only (scfm loader, anndata, torch);
 * ``scfm_longest``    ``CorpusLoader(num_workers=0)``, shuffle, mask 0.15, batch 64, max_len 1200,
                       ``pad_to="longest"``, ``--epochs`` full epochs, each epoch timed;
-* ``scfm_max_len``    the same with ``pad_to="max_len"`` (every batch [64, 1200]);
+* ``scfm_max_len``    the same with ``pad_to="max_len"`` (every batch [64, 1201]: <cls> + 1200);
 * ``peer_backed``     ``anndata.read_h5ad(backed="r")``, a random permutation of the cells cut in
                       64-cell batches, indices sorted per batch, ``adata.X[idx]`` -> scipy CSR
                       (no densifying), one epoch;
@@ -365,7 +365,7 @@ DELIVERS = {
     "baseline": "imports only",
     "scfm_longest": "tokenized (binned) + masked + padded to the batch's longest: int64 genes/"
     "values/targets, bool masks, cell_index, obs strings",
-    "scfm_max_len": "the same, padded to max_len: every batch [64, 1200]",
+    "scfm_max_len": "the same, padded to max_len: every batch [64, 1201]",
     "peer_backed": "raw count rows (all nonzeros), scipy CSR float32; no tokenizing/masking/"
     "padding",
     "peer_scvi": "raw count rows densified to float32 [64, n_genes] torch tensors (+ batch, "
