@@ -112,6 +112,30 @@ def bounds(key: str) -> tuple[float | None, float | None]:
     return low, high
 
 
+def check(prefix: str, values: Mapping[str, Any]) -> list[str]:
+    """Problems of ``values`` (keys of the block at ``prefix``) against the schema, one per key.
+
+    The schema's types, enums and bounds, applied to a library object's fields, so that a
+    dataclass built without a config (``TokenizerConfig(kind="binned", n_bins=1)``) refuses
+    exactly what a config may not say, without writing the bounds a second time. Messages are
+    ``<key>: <what jsonschema says>``; keys the block does not define are not checked here.
+    """
+    import jsonschema
+
+    children = _children(schema_at(prefix), _schema())
+    problems = []
+    for key, value in values.items():
+        if key not in children:
+            continue
+        node = {k: v for k, v in children[key].items() if k not in ("default", "description")}
+        error = jsonschema.exceptions.best_match(
+            jsonschema.Draft202012Validator(node).iter_errors(value)
+        )
+        if error is not None:
+            problems.append(f"{key}: {error.message}")
+    return problems
+
+
 @dataclass(frozen=True)
 class Setting:
     """One setting of the config as the schema defines it."""

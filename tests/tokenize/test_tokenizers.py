@@ -186,9 +186,11 @@ def test_random_subset_is_seeded_per_cell_and_chunk_independent():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"kind": "bpe"}, "kind: 'bpe' is unknown"),
+        ({"kind": "bpe"}, "kind: 'bpe' is not one of"),
         ({"kind": "binned", "max_len": 1}, "max_len: 1 is not an integer >= 2"),
-        ({"kind": "binned", "n_bins": 1}, "n_bins: 1 < 2"),
+        ({"kind": "binned", "n_bins": 1}, "n_bins: 1 is less than the minimum of 2"),
+        ({"kind": "counts", "vocab_size": 40000}, "vocab_size: 40000 is greater than the maximum"),
+        ({"kind": "binary", "negatives": -1.0}, "negatives: -1.0 is less than the minimum of 0"),
         ({"kind": "rank", "genes": "panel"}, "rank encoding orders the expressed genes"),
     ],
 )

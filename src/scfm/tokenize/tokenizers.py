@@ -34,7 +34,7 @@ import scipy.sparse as sp
 
 from scfm.errors import ScfmInputError
 from scfm.rule_params import token_keys
-from scfm.spec import default, max_len_problems
+from scfm.spec import check, default, max_len_problems
 from scfm.tokenize import kernels
 from scfm.tokenize.binary import tokenize_binary
 from scfm.tokenize.vocab import Vocab
@@ -77,22 +77,9 @@ class TokenizerConfig:
     negatives: float = default("tokenizers.*.negatives")
 
     def __post_init__(self) -> None:
-        problems = []
-        if self.kind not in KINDS:
-            problems.append(f"kind: {self.kind!r} is unknown; expected one of {sorted(KINDS)}")
-        if self.genes not in MODES:
-            problems.append(f"genes: {self.genes!r} is unknown; expected one of {sorted(MODES)}")
+        # kinds, gene modes and bounds are the schema's (tokenizers.<t>); max_len with its unit
+        problems = check("tokenizers.*", {k: v for k, v in asdict(self).items() if k != "max_len"})
         problems += max_len_problems(self.max_len)
-        if self.n_bins < 2:
-            problems.append(f"n_bins: {self.n_bins} < 2; expected 0 for zero plus at least one bin")
-        if not 2 <= self.vocab_size <= 32767:
-            problems.append(
-                f"vocab_size: {self.vocab_size}; expected 2..32767 (int16 value tokens)"
-            )
-        if self.n_bins > 32767:
-            problems.append(f"n_bins: {self.n_bins}; expected at most 32767 (int16 value tokens)")
-        if self.negatives < 0:
-            problems.append(f"negatives: {self.negatives} < 0; expected a ratio >= 0")
         if self.kind == "binary" and self.genes != "nonzero":
             problems.append("genes: binary takes the accessible features; expected 'nonzero'")
         if self.kind == "rank" and self.genes != "nonzero":
