@@ -54,7 +54,7 @@ def corpora(tmp_path_factory):
                 vocab_path=vocab,
                 tokenizer={"kind": "binned", "max_len": 64},
                 split=SPLIT,
-                keep={"cell_type": kept_types} if ds == "a" else None,
+                filters={"cell_type": kept_types} if ds == "a" else None,
                 cells_per_shard=50,
             )
             parts[ds] = out / "manifest.json"
